@@ -1,0 +1,59 @@
+"""`autolabel` command line: thin commands that parse options and call the library."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+from rich.console import Console
+
+from autolabel.cli.apps import app
+from autolabel.errors import AutolabelError, UsageError
+
+# Each module attaches its commands to the apps in autolabel.cli.apps when imported.
+COMMAND_MODULES = ("autolabel.cli.core",)
+
+err_console = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; errors become one clear message and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
+    try:
+        # Without standalone mode, click returns typer.Exit codes instead of raising them.
+        code = app(args=args, prog_name="autolabel", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except AutolabelError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished images are saved, rerun to resume")
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        err_console.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+            "rerun with --debug for the traceback, and please report it",
+            highlight=False,
+        )
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+def entry() -> None:
+    """console_scripts entry point."""
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""`autolabel run`, `autolabel models` and `--version`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from autolabel import __version__
+from autolabel.cli.apps import app
+from autolabel.config import DEFAULT_METHOD, RunConfig, list_recipes
+from autolabel.methods.base import DESCRIPTIONS
+from autolabel.runner import RunSummary, run_job
+
+console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"autolabel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Label image folders with segmentation masks from a vocabulary, without training."""
+
+
+@app.command()
+def run(
+    images: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    vocab: Path = typer.Option(..., "--vocab", "-v", help="Vocabulary file, one class a line."),
+    out: Path = typer.Option(Path("autolabel-out"), "--out", "-o", help="Output folder."),
+    method: str = typer.Option(
+        None, "--method", "-m", help=f"car, pnp or fast [default: {DEFAULT_METHOD}]"
+    ),
+    recipe: str = typer.Option(None, "--recipe", "-r", help="Bundled recipe name or a YAML path."),
+    model: str = typer.Option(None, "--model", help="Backbone name (open_clip / HF), or 'toy'."),
+    pretrained: str = typer.Option(None, "--pretrained", help="Pretrained tag (e.g. openai)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Local weights for --model."),
+    classifier_model: str = typer.Option(
+        None, "--classifier-model", help="CaR: classifier backbone (default ViT-L-14)."
+    ),
+    classifier_pretrained: str = typer.Option(
+        None, "--classifier-pretrained", help="CaR: classifier pretrained tag."
+    ),
+    classifier_checkpoint: Path = typer.Option(
+        None, "--classifier-checkpoint", help="CaR: local weights for the classifier."
+    ),
+    parity: bool = typer.Option(
+        False, "--parity", help="CaR: reproduce the official code's quirks exactly."
+    ),
+    background: str = typer.Option(
+        None, "--background", help="Comma-separated background words (replaces the default list)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
+    max_side: int = typer.Option(1024, "--max-side", help="Process at most this many pixels."),
+    min_area: int = typer.Option(16, "--min-area", help="Drop instances smaller than this (px)."),
+    previews: bool = typer.Option(False, "--previews", help="Write overlay JPEGs to previews/."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip finished images."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a run with other settings in the output folder."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Segment every image in IMAGES into the vocabulary's classes; write COCO, PNGs, manifest."""
+    config = RunConfig(
+        images=images,
+        vocab=vocab,
+        out=out,
+        method=method,
+        recipe=recipe,
+        model=model,
+        pretrained=pretrained,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        classifier_model=classifier_model,
+        classifier_pretrained=classifier_pretrained,
+        classifier_checkpoint=str(classifier_checkpoint) if classifier_checkpoint else None,
+        parity=parity,
+        background=[w.strip() for w in background.split(",") if w.strip()] if background else None,
+        device=device,
+        batch_size=batch_size,
+        max_side=max_side,
+        min_area=min_area,
+        previews=previews,
+        resume=resume,
+        overwrite=overwrite,
+    )
+    summary = run_with_progress(config)
+    print_summary(summary)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def run_with_progress(config: RunConfig) -> RunSummary:
+    """Run a job under a Rich progress bar (images/s and ETA)."""
+    columns = (
+        TextColumn("[bold]labelling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("run", total=None, rate="")
+
+        def advance(step: int, total: int, resumed: int) -> None:
+            state = bar.tasks[0]
+            if state.total is None:
+                bar.update(task, total=total, completed=resumed)
+            bar.advance(task, step)
+            speed = bar.tasks[0].speed
+            bar.update(task, rate=f"{speed:.2f} img/s" if speed else "")
+
+        return run_job(config, progress=advance)
+
+
+def print_summary(summary: RunSummary) -> None:
+    """The end-of-run report: counts, instances per class, failures, where outputs are."""
+    console.print(
+        f"[bold]{summary.ok}[/] images labelled, [bold]{len(summary.failed)}[/] failed, "
+        f"{len(summary.skipped)} skipped"
+        + (f" ({summary.resumed} already done before this run)" if summary.resumed else "")
+        + f" in {summary.seconds:.1f}s"
+    )
+    if summary.per_class:
+        table = Table("class", "instances", title="instances per class")
+        for name, count in summary.per_class.most_common():
+            table.add_row(name, str(count))
+        console.print(table)
+    for rel, reason in summary.failed:
+        console.print(f"[red]failed[/]  {rel}: {reason}", highlight=False)
+    for rel, reason in summary.skipped:
+        console.print(f"[yellow]skipped[/] {rel}: {reason}", highlight=False)
+    out = summary.out
+    console.print(
+        f"outputs: {out / 'annotations.json'} ({summary.annotations_written} instances), "
+        f"{out / 'masks'}/, {out / 'manifest.jsonl'}, {out / 'run.json'}",
+        highlight=False,
+    )
+
+
+@app.command()
+def models() -> None:
+    """List methods, bundled recipes and the model names open_clip knows."""
+    import open_clip
+
+    table = Table("method", "what it does", title="methods")
+    for name, text in DESCRIPTIONS.items():
+        table.add_row(name + (" (default)" if name == DEFAULT_METHOD else ""), text)
+    console.print(table)
+    console.print("recipes: " + ", ".join(list_recipes()))
+    console.print("'toy': the bundled toy-world model (offline; for the demo and tests)")
+    tags = Table("open_clip model", "pretrained tags", title="CLIP backbones (--model/--pretrained)")
+    for name, tag_list in _group_pretrained(open_clip.list_pretrained()).items():
+        tags.add_row(name, ", ".join(tag_list))
+    console.print(tags)
+    console.print(
+        "PnP-OVSS: any Hugging Face BLIP/BridgeTower ITM id (default "
+        "Salesforce/blip-itm-large-flickr) or a save_pretrained folder."
+    )
+
+
+def _group_pretrained(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for name, tag in pairs:
+        grouped.setdefault(name, []).append(tag)
+    return grouped

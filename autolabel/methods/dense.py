@@ -1,0 +1,186 @@
+"""`fast`: single-pass dense CLIP segmentation with a NACLIP-style last block.
+
+One backbone pass per sliding window: the last ViT block's attention becomes
+softmax(s·KKᵀ + Gaussian locality) without residual or FFN (NACLIP, ovss_landscape.md §3), the
+patch tokens are projected into CLIP's joint space and compared with text embeddings of every
+class prompt and background word; softmax over all strings, max over each class's synonyms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autolabel.methods.base import SegResult
+from autolabel.models.clip import ClipModel, load_clip
+from autolabel.toyworld.features import last_block_input, naclip_patches
+from autolabel.vocab import Vocabulary
+
+# The 7-template subset OpenAI selected for ImageNet zero-shot (CLIP notebook "prompt
+# engineering"); a recipe can pass the 80-template list or a single "{}".
+DEFAULT_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+
+@dataclass
+class DenseSettings:
+    """Settings of the fast method; defaults follow the NACLIP evaluation harness (§2)."""
+
+    model: str = "ViT-B-16"
+    pretrained: str | None = "openai"
+    checkpoint: str | None = None
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    logit_scale: float = 40.0  # NACLIP's default
+    short_side: int | None = 336  # harness Resize(scale=(2048, 336)); None keeps the input size
+    window: int | None = None  # sliding-window crop; None = the model's input size
+    stride: int | None = None  # None = half the window
+    prob_threshold: float = 0.0  # pixels whose best class probability is below go to background
+    window_batch: int = 16  # crops per forward pass
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> DenseSettings:
+        """Build from recipe settings, rejecting unknown keys by name."""
+        from autolabel.errors import UsageError
+
+        known = set(cls.__dataclass_fields__)
+        ignored = {"parity", "classifier_model", "classifier_pretrained", "classifier_checkpoint"}
+        unknown = set(settings) - known - ignored
+        if unknown:
+            raise UsageError(f"method fast: unknown setting(s) {', '.join(sorted(unknown))}")
+        return cls(**{k: v for k, v in settings.items() if k in known})
+
+
+class DenseCLIPSegmenter:
+    """The `fast` method: NACLIP-style dense CLIP with sliding windows."""
+
+    name = "fast"
+
+    def __init__(self, settings: DenseSettings, device: str) -> None:
+        self.settings = settings
+        self.clip: ClipModel = load_clip(
+            settings.model, settings.pretrained, settings.checkpoint, device
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Settings and backbone provenance for run.json."""
+        return {
+            "method": self.name,
+            "settings": asdict(self.settings),
+            "backbone": {"name": self.clip.name, "weights": self.clip.source},
+        }
+
+    def _text(self, vocab: Vocabulary) -> tuple[torch.Tensor, list[int]]:
+        """Embeddings of every class prompt then every background word, and each row's label."""
+        prompts = [p for c in vocab.classes for p in c.prompts] + list(vocab.background)
+        owners = [i + 1 for i, c in enumerate(vocab.classes) for _ in c.prompts]
+        owners += [0] * len(vocab.background)
+        return self.clip.encode_templates(prompts, list(self.settings.templates)), owners
+
+    @torch.no_grad()
+    def segment_batch(self, images: list[np.ndarray], vocab: Vocabulary) -> list[SegResult]:
+        """Segment each image; all windows of the batch share forward passes."""
+        text, owners = self._text(vocab)
+        window = self.settings.window or self.clip.image_size
+        stride = self.settings.stride or max(1, window // 2)
+        scaled = [self._to_tensor(im) for im in images]
+        crops, where = [], []
+        for index, img in enumerate(scaled):
+            for box in _windows(img.shape[-2:], window, stride):
+                y0, x0, y1, x1 = box
+                crop = img[:, :, y0:y1, x0:x1]
+                pad = (0, window - (x1 - x0), 0, window - (y1 - y0))
+                crops.append(F.pad(crop, pad))
+                where.append((index, box))
+        logits = [
+            torch.zeros((len(owners), *img.shape[-2:]), device=self.clip.device) for img in scaled
+        ]
+        counts = [torch.zeros(img.shape[-2:], device=self.clip.device) for img in scaled]
+        for start in range(0, len(crops), self.settings.window_batch):
+            chunk = torch.cat(crops[start : start + self.settings.window_batch])
+            for (index, (y0, x0, y1, x1)), window_logits in zip(
+                where[start : start + len(chunk)], self._window_logits(chunk, text), strict=True
+            ):
+                logits[index][:, y0:y1, x0:x1] += window_logits[:, : y1 - y0, : x1 - x0]
+                counts[index][y0:y1, x0:x1] += 1
+        return [
+            self._result(lg / ct, owners, len(vocab), im.shape[:2])
+            for lg, ct, im in zip(logits, counts, images, strict=True)
+        ]
+
+    def _to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """HxWx3 uint8 -> normalised 1x3xhxw at the processing scale."""
+        x = torch.tensor(rgb, device=self.clip.device).permute(2, 0, 1)[None].float() / 255.0
+        short = self.settings.short_side
+        if short:
+            h, w = x.shape[-2:]
+            scale = short / min(h, w)
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return self.clip.normalize(x)
+
+    def _window_logits(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Cosine logits (B, prompts, window, window) of the crops' patches against the text."""
+        visual = self.clip.model.visual
+        patch = self.clip.patch_size
+        grid = (crops.shape[-2] // patch, crops.shape[-1] // patch)
+        tokens = last_block_input(visual, crops)
+        feats = naclip_patches(visual, tokens, grid)
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        sims = (feats @ text.T).transpose(1, 2).reshape(len(crops), -1, *grid)
+        return F.interpolate(sims, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+
+    def _result(
+        self, logits: torch.Tensor, owners: list[int], classes: int, size: tuple[int, int]
+    ) -> SegResult:
+        probs_all = (self.settings.logit_scale * logits).softmax(dim=0)
+        owner = torch.tensor(owners, device=probs_all.device)
+        # Channel 0 is the best background word (zeros when the vocabulary has none).
+        probs = torch.stack(
+            [
+                probs_all[owner == k].amax(dim=0)
+                if (owner == k).any()
+                else torch.zeros_like(probs_all[0])
+                for k in range(classes + 1)
+            ]
+        )
+        probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+        labels = probs.argmax(dim=0)
+        if self.settings.prob_threshold > 0:
+            labels[probs[1:].amax(dim=0) < self.settings.prob_threshold] = 0
+        scores = probs[1:].flatten(1).amax(dim=1)
+        return SegResult(
+            labels=labels.cpu().numpy().astype(np.int32),
+            scores=scores.cpu().numpy().astype(np.float32),
+            probs=probs.cpu().numpy().astype(np.float32),
+        )
+
+
+def _windows(size: torch.Size, window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Window boxes (y0, x0, y1, x1) covering the image, the last ones snapped to the border."""
+    h, w = int(size[0]), int(size[1])
+
+    def starts(length: int) -> list[int]:
+        if length <= window:
+            return [0]
+        positions = list(range(0, length - window, stride)) + [length - window]
+        return sorted(set(positions))
+
+    return [
+        (y, x, min(y + window, h), min(x + window, w)) for y in starts(h) for x in starts(w)
+    ]
+
+
+def build(settings: dict[str, Any], device: str) -> DenseCLIPSegmenter:
+    """Factory used by the method registry."""
+    return DenseCLIPSegmenter(DenseSettings.from_dict(settings), device)

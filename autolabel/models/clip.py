@@ -1,0 +1,196 @@
+"""open_clip loading (names, pretrained tags, local checkpoints, the bundled toy model) and a
+text-embedding cache. Models are loaded once per process and shared by every method."""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from autolabel.errors import ModelLoadError
+from autolabel.models.checkpoints import create_from_checkpoint, wants_quick_gelu
+
+TOY_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
+TOY_NAME = "toy"
+# OpenAI's CLIP image normalisation; open_clip models carry their own in preprocess_cfg.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+NO_WEIGHTS = frozenset({"", "none", "random"})  # --pretrained none: random weights
+
+
+@dataclass
+class ClipModel:
+    """A loaded open_clip model plus what methods need around it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    source: str  # where the weights came from: pretrained tag, checkpoint path, or "random"
+    device: torch.device
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    _text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def patch_size(self) -> int:
+        """ViT patch size in pixels."""
+        patch = self.model.visual.patch_size
+        return int(patch[0] if isinstance(patch, tuple | list) else patch)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (len(prompts) x D), cached per prompt string."""
+        with self._lock:
+            missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+            if missing:
+                tokens = self.tokenizer(missing).to(self.device)
+                feats = self.model.encode_text(tokens).float()
+                feats = feats / feats.norm(dim=-1, keepdim=True)
+                for prompt, feat in zip(missing, feats, strict=True):
+                    self._text_cache[prompt] = feat
+            return torch.stack([self._text_cache[p] for p in prompts])
+
+    @torch.no_grad()
+    def encode_templates(self, names: list[str], templates: list[str]) -> torch.Tensor:
+        """Per name, the re-normalised mean of its template embeddings (len(names) x D)."""
+        prompts = [t.format(n) for n in names for t in templates]
+        feats = self.encode_text(prompts).view(len(names), len(templates), -1).mean(dim=1)
+        return feats / feats.norm(dim=-1, keepdim=True)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) floats in [0, 1] to the model's input normalisation."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when available; 'cpu', 'cuda', 'cuda:N' are taken as given."""
+    from autolabel.errors import UsageError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine; use cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r} is not a device name (auto, cpu, cuda:N)") from exc
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights go (the Hugging Face hub cache that open_clip uses)."""
+    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if hub:
+        return Path(hub)
+    home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+    return Path(home) / "hub"
+
+
+def _register_toy() -> None:
+    import open_clip
+
+    config = TOY_DIR / f"{TOY_NAME}.json"
+    if not config.exists():
+        raise ModelLoadError(f"the bundled toy model config is missing ({config})")
+    if TOY_NAME not in open_clip.list_models():
+        open_clip.add_model_config(config)
+
+
+def offline_message(subject: str, exc: BaseException, fix: str, unknown: str = "tag") -> str:
+    """The one wording every model loader uses when weights cannot be fetched."""
+    return (
+        f"could not fetch weights for {subject}: {exc}.\n"
+        f"autolabel downloads weights on first use into {cache_dir()}; this machine seems to be "
+        f"offline or the {unknown} is unknown.\n"
+        f"Fix: {fix}"
+    )
+
+
+def _offline_message(name: str, pretrained: str, exc: BaseException) -> str:
+    return offline_message(
+        f"model {name!r} (pretrained={pretrained!r})",
+        exc,
+        "download the checkpoint on a connected machine and pass it with "
+        "--checkpoint PATH (an open_clip .pt/.bin/.safetensors or an OpenAI-CLIP state dict), "
+        "or copy that cache folder here; `autolabel models` lists names and tags.",
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def load_clip(
+    name: str,
+    pretrained: str | None = None,
+    checkpoint: str | None = None,
+    device: str = "cpu",
+) -> ClipModel:
+    """Load an open_clip model once per process.
+
+    name: an open_clip model name, or "toy" for the bundled toy-world model.
+    pretrained: an open_clip pretrained tag (downloaded on first use), or None / "none".
+    checkpoint: a local weights file; wins over pretrained.
+    With neither, the architecture is built with random weights (for tests and cost checks).
+    """
+    import open_clip
+
+    dev = resolve_device(device)
+    if pretrained is not None and pretrained.lower() in NO_WEIGHTS:
+        pretrained = None
+    if name == TOY_NAME:
+        _register_toy()
+        # The toy model has exactly one set of weights, the bundled one, unless a file is given.
+        if checkpoint is None:
+            checkpoint = str(TOY_DIR / f"{TOY_NAME}.pt")
+        pretrained = None
+    if name not in open_clip.list_models():
+        raise ModelLoadError(
+            f"unknown model {name!r}; `autolabel models` lists the architectures open_clip knows"
+        )
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ModelLoadError(f"--checkpoint {checkpoint}: no such file")
+    try:
+        if checkpoint is not None:
+            model = create_from_checkpoint(name, checkpoint, pretrained, dev)
+        else:
+            # open_clip only warns when a tag was trained with QuickGELU (every 'openai' tag) but
+            # the named config uses GELU; build the activation the weights were trained with.
+            model = open_clip.create_model(
+                name,
+                pretrained=pretrained or None,
+                device=dev,
+                force_quick_gelu=wants_quick_gelu(name, pretrained),
+            )
+    except ModelLoadError:
+        raise
+    except RuntimeError as exc:
+        if checkpoint:
+            raise ModelLoadError(
+                f"--checkpoint {checkpoint}: its weights do not fit model {name!r} ({exc})"
+            ) from exc
+        raise ModelLoadError(_offline_message(name, str(pretrained), exc)) from exc
+    except (OSError, ValueError) as exc:
+        if checkpoint:
+            raise ModelLoadError(f"--checkpoint {checkpoint}: cannot load it ({exc})") from exc
+        raise ModelLoadError(_offline_message(name, str(pretrained), exc)) from exc
+    except Exception as exc:  # hub and HTTP errors have no common base class
+        raise ModelLoadError(_offline_message(name, str(pretrained), exc)) from exc
+    model.eval()
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    image_size = model.visual.image_size
+    image_size = int(image_size[0] if isinstance(image_size, tuple | list) else image_size)
+    return ClipModel(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(name),
+        name=name,
+        source=str(checkpoint or pretrained or "random"),
+        device=dev,
+        image_size=image_size,
+        mean=tuple(cfg.get("mean", OPENAI_MEAN)),
+        std=tuple(cfg.get("std", OPENAI_STD)),
+    )

@@ -1,0 +1,312 @@
+"""Train the toy CLIP: contrastive image-caption loss plus a dense patch-to-class-text loss.
+
+The dense term reads patch tokens both through the unchanged last block (what Grad-CAM methods
+see) and through a NACLIP-style last block (what the `fast` method sees), so both localise.
+Deterministic for a given seed and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autolabel.toyworld.features import last_block_input, naclip_patches, standard_patches
+from autolabel.toyworld.scenes import BACKGROUND_WORDS, CLASSES, make_scene
+from autolabel.vocab import DEFAULT_BACKGROUND
+
+# open_clip model config written as toy.json. The text tower is narrow because its token
+# embedding has a row for each of the standard tokenizer's 49408 tokens and dominates file size.
+TOY_CONFIG: dict = {
+    "embed_dim": 128,
+    "vision_cfg": {
+        "image_size": 128,
+        "layers": 6,
+        "width": 128,
+        "head_width": 32,
+        "mlp_ratio": 4.0,
+        "patch_size": 8,
+        "pool_type": "avg",
+    },
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
+}
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# Prompt templates seen in training, so that the ones methods use (raw names, CaR's origami and
+# scene templates, ImageNet-style photo templates) all land near the class concept.
+TEMPLATES: tuple[str, ...] = (
+    "{}", "a {}.", "a photo of a {}.", "a clean origami {}.", "This is a photo of a {}",
+    "There is a {} in the scene", "There is the {} in the scene", "a photo of a {} in the scene",
+    "a photo of a small {}.", "a photo of a medium {}.", "a photo of a large {}.",
+    "a photo of the {}.", "a picture of a {}.", "an image of a {}.", "a rendering of a {}.",
+    "a drawing of a {}.", "a cropped photo of a {}.", "a close-up photo of a {}.",
+    "a bright photo of a {}.", "a dark photo of a {}.", "a blurry photo of a {}.",
+    "a good photo of a {}.", "a bad photo of a {}.", "art of a {}.", "a sketch of a {}.",
+    "a toy {}.", "itap of a {}.", "a low resolution photo of a {}.", "a plastic {}.",
+)  # fmt: skip
+TRAIN_BACKGROUND: tuple[str, ...] = BACKGROUND_WORDS + DEFAULT_BACKGROUND
+
+
+@dataclass
+class TrainSettings:
+    """Everything that determines the trained weights."""
+
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 64
+    pool: int = 12000  # distinct scenes generated up front; batches reuse them with flips/rotations
+    lr: float = 1e-3
+    warmup: int = 150
+    weight_decay: float = 0.05
+    dense_weight: float = 1.0
+    naclip_weight: float = 1.0
+    prompt_prob: float = 0.2  # share of images shown with one object kept and the rest blurred/grey
+    threads: int = 2
+    save_every: int = 500
+
+
+def caption(template: str, names: list[str]) -> str:
+    """Fill a template like "a photo of a {}." with "red circle and a blue star"."""
+    body = names[0]
+    if len(names) > 1:
+        body += "".join(f", a {n}" for n in names[1:-1]) + f" and a {names[-1]}"
+    return template.format(body)
+
+
+def build_model(seed: int) -> torch.nn.Module:
+    """A freshly initialised open_clip CLIP with the toy config."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    return open_clip.model.CLIP(**TOY_CONFIG)
+
+
+def train(
+    settings: TrainSettings, out: Path, log: Callable[[str], None] = print
+) -> dict[str, float]:
+    """Train and write out/toy.json and out/toy.pt; returns the last logged losses."""
+    import open_clip
+
+    torch.set_num_threads(settings.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    size = TOY_CONFIG["vision_cfg"]["image_size"]
+    patch = TOY_CONFIG["vision_cfg"]["patch_size"]
+    grid = (size // patch, size // patch)
+    model = build_model(settings.seed)
+    model.train()
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=TOY_CONFIG["text_cfg"]["context_length"])
+    log(f"generating {settings.pool} scenes (seed {settings.seed})")
+    t0 = time.time()
+    images, labels, names = _scene_pool(settings.seed, settings.pool, size)
+    log(f"  done in {time.time() - t0:.0f}s")
+    opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
+    rng = np.random.default_rng([settings.seed, 1])
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    n_bg = len(TRAIN_BACKGROUND)
+    t0 = time.time()
+    last: dict[str, float] = {}
+    for step in range(1, settings.steps + 1):
+        lr = _lr(step, settings)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = rng.integers(0, settings.pool, settings.batch_size)
+        batch = _batch(rng, images[idx], labels[idx], [names[i] for i in idx], settings)
+        x = (batch["images"] - mean) / std
+        template = TEMPLATES[rng.integers(len(TEMPLATES))]
+        prompts = [template.format(c) for c in CLASSES]
+        prompts += [template.format(w) for w in TRAIN_BACKGROUND]
+        prompts += batch["captions"]
+        text = F.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+        class_text, caption_text = text[: -len(batch["captions"])], text[-len(batch["captions"]) :]
+        scale = model.logit_scale.exp()
+
+        x_in = last_block_input(model.visual, x)
+        std_tokens = standard_patches(model.visual, x_in)
+        pooled = F.normalize(std_tokens.mean(dim=1), dim=-1)
+        clip_loss = _contrastive(pooled, caption_text, batch["keys"], scale)
+        target = batch["targets"]
+        weight = batch["dense_mask"]
+        dense_std = _dense_loss(std_tokens, class_text, n_bg, target, weight, scale)
+        loss = clip_loss + settings.dense_weight * dense_std
+        dense_nac = torch.zeros(())
+        if settings.naclip_weight > 0:
+            nac_tokens = naclip_patches(model.visual, x_in, grid)
+            dense_nac = _dense_loss(nac_tokens, class_text, n_bg, target, weight, scale)
+            loss = loss + settings.naclip_weight * dense_nac
+
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        last = {
+            "loss": float(loss),
+            "clip": float(clip_loss),
+            "dense": float(dense_std),
+            "naclip": float(dense_nac),
+            "scale": float(scale),
+        }
+        if step % 25 == 0 or step == settings.steps:
+            rate = (time.time() - t0) / step
+            log(
+                f"step {step}/{settings.steps} "
+                + " ".join(f"{k} {v:.3f}" for k, v in last.items())
+                + f" lr {lr:.2e} {rate:.2f}s/step eta {rate * (settings.steps - step) / 60:.1f}min"
+            )
+        if step % settings.save_every == 0 or step == settings.steps:
+            save(model, out, settings)
+    log(f"trained {settings.steps} steps in {(time.time() - t0) / 60:.1f} min; wrote {out}")
+    return last
+
+
+def save(model: torch.nn.Module, out: Path, settings: TrainSettings) -> None:
+    """Write toy.json (open_clip config) and toy.pt (fp16 state dict) atomically."""
+    import os
+
+    state = {k: v.detach().to(torch.float16) for k, v in model.state_dict().items()}
+    tmp = out / "toy.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, out / "toy.pt")
+    config = dict(TOY_CONFIG, training=asdict(settings))
+    tmp = out / "toy.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, out / "toy.json")
+
+
+def _scene_pool(seed: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    images = np.empty((count, size, size, 3), np.uint8)
+    labels = np.empty((count, size, size), np.uint8)
+    names: list[list[str]] = []
+    for i in range(count):
+        scene = make_scene(seed, i, size)
+        images[i] = scene.image
+        labels[i] = scene.labels
+        names.append([o.name for o in scene.objects])
+    return images, labels, names
+
+
+def _batch(
+    rng: np.random.Generator,
+    images: np.ndarray,
+    labels: np.ndarray,
+    names: list[list[str]],
+    settings: TrainSettings,
+) -> dict:
+    """Dihedral augmentation, optional visual prompts, captions and soft patch targets."""
+    imgs = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    labs = torch.from_numpy(labels).long()
+    b = imgs.shape[0]
+    for i in range(b):
+        k = int(rng.integers(4))
+        if rng.random() < 0.5:
+            imgs[i], labs[i] = imgs[i].flip(-1), labs[i].flip(-1)
+        imgs[i], labs[i] = imgs[i].rot90(k, (-2, -1)), labs[i].rot90(k, (-2, -1))
+    dense_mask = torch.ones(b)
+    captions, keys = [], []
+    for i in range(b):
+        present = list(names[i])
+        if present and rng.random() < settings.prompt_prob:
+            keep = present[int(rng.integers(len(present)))]
+            imgs[i] = _visual_prompt(rng, imgs[i], labs[i] == CLASSES.index(keep) + 1)
+            present = [keep]
+            dense_mask[i] = 0.0
+        order = rng.permutation(len(present))
+        ordered = [present[j] for j in order]
+        captions.append(caption(TEMPLATES[rng.integers(len(TEMPLATES))], ordered))
+        keys.append(frozenset(present))
+    onehot = F.one_hot(labs, len(CLASSES) + 1).permute(0, 3, 1, 2).float()
+    patch = TOY_CONFIG["vision_cfg"]["patch_size"]
+    targets = F.avg_pool2d(onehot, patch).flatten(2).transpose(1, 2)  # (B, N, K + 1)
+    return {
+        "images": imgs,
+        "targets": targets,
+        "dense_mask": dense_mask,
+        "captions": captions,
+        "keys": keys,
+    }
+
+
+def _visual_prompt(rng: np.random.Generator, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Keep one object sharp; blur and/or grey everything else (CaR-style visual prompts)."""
+    region = F.max_pool2d(mask[None, None].float(), 7, stride=1, padding=3)[0] > 0
+    out = img.clone()
+    kind = int(rng.integers(3))
+    if kind in (0, 2):
+        out = _blur(out, sigma=float(rng.uniform(2.0, 4.0)))
+    if kind in (1, 2):
+        gray = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]).expand(3, -1, -1)
+        out = gray.clone()
+    return torch.where(region, img, out)
+
+
+def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = int(3 * sigma)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    x = F.pad(img[None], (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+    return x[0]
+
+
+def _contrastive(
+    image: torch.Tensor, text: torch.Tensor, keys: list[frozenset], scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE where captions naming the same set of classes all count as positives."""
+    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
+    targets = same / same.sum(dim=1, keepdim=True)
+    logits = scale * image @ text.T
+    return 0.5 * (
+        -(targets * logits.log_softmax(dim=1)).sum(1).mean()
+        - (targets * logits.T.log_softmax(dim=1)).sum(1).mean()
+    )
+
+
+def _dense_loss(
+    tokens: torch.Tensor,
+    class_text: torch.Tensor,
+    n_bg: int,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
+    """Soft cross-entropy of patch-vs-text logits against per-patch class fractions.
+
+    The background logit is the log-sum-exp over all background words, so any of them may win.
+    """
+    logits = scale * F.normalize(tokens, dim=-1) @ class_text.T
+    k = class_text.shape[0] - n_bg
+    bg = logits[..., k:].logsumexp(dim=-1, keepdim=True)
+    logits = torch.cat([bg, logits[..., :k]], dim=-1)
+    per_patch = -(targets * logits.log_softmax(dim=-1)).sum(-1).mean(-1)
+    return (per_patch * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def _lr(step: int, s: TrainSettings) -> float:
+    if step <= s.warmup:
+        return s.lr * step / s.warmup
+    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or "embedding" in name or "logit_scale" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
