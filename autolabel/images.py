@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+)
 # Decompression-bomb guard: a declared size above this is refused before any pixel is decoded.
-MAX_PIXELS = 178_956_970  # Pillow's own default limit (about 13k x 13k)
+MAX_PIXELS = 178_956_970  # twice Pillow's warning threshold, where Pillow itself refuses (~13k^2)
+# Images with a shorter side than this are labelled, with a note that results are unreliable.
+SMALL_SIDE = 16
+EXIF_ORIENTATION = 0x0112
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 
 @dataclass(frozen=True)
@@ -49,16 +58,19 @@ class LoadError:
 
 
 def scan_images(
-    root: Path, exclude: Path | None = None
+    root: Path, exclude: Iterable[Path] = ()
 ) -> tuple[list[ImageEntry], list[tuple[str, str]]]:
     """List image files under root recursively in a deterministic order.
 
     Returns the entries and (relative path, reason) for everything passed over: files of other
-    types, symlink loops, broken links, unreadable folders. Hidden files are ignored, and so is
-    `exclude` (the output folder, when a user puts it inside the input folder).
+    types, symlink loops, broken links, unreadable folders, special files, names that are not
+    UTF-8. Hidden files and folders are ignored, and so are the paths in `exclude` (the output
+    folder and what a run writes, when a user puts them inside the input folder). Symlinked
+    folders are followed once.
     """
     root = root.resolve()
-    excluded = exclude.resolve() if exclude is not None else None
+    excluded = {p.resolve() for p in exclude}
+    excluded_names = {p.name for p in excluded}
     found: list[tuple[str, Path]] = []
     problems: list[tuple[str, str]] = []
     visited: set[tuple[int, int]] = set()
@@ -67,13 +79,14 @@ def scan_images(
         try:
             st = folder.stat()
         except OSError as exc:
-            problems.append((_rel(folder, root), f"cannot open folder: {exc.strerror}"))
+            problems.append((_rel(folder, root), _stat_problem(exc, "cannot open folder")))
             return
-        key = (st.st_dev, st.st_ino)
-        if key in visited:
-            problems.append((_rel(folder, root), "symlink loop: folder already visited"))
+        if (st.st_dev, st.st_ino) in visited:
+            problems.append(
+                (_rel(folder, root), "symlink to a folder already scanned (a loop or a duplicate)")
+            )
             return
-        visited.add(key)
+        visited.add((st.st_dev, st.st_ino))
         try:
             children = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
@@ -81,36 +94,62 @@ def scan_images(
             return
         for child in children:
             path = Path(child.path)
+            if child.name.startswith(".") or (
+                child.name in excluded_names and path.resolve() in excluded
+            ):
+                continue
+            rel = _rel(path, root)
+            if not _is_utf8(rel):
+                problems.append((_printable(rel), "file name is not valid UTF-8; rename it"))
+                continue
             try:
-                is_dir = child.is_dir()
+                st_child = path.stat()
+            except FileNotFoundError:
+                problems.append((rel, "broken symlink"))
+                continue
             except OSError as exc:
-                problems.append((_rel(path, root), f"cannot stat: {exc.strerror}"))
+                problems.append((rel, _stat_problem(exc, "cannot stat")))
                 continue
-            if is_dir:
-                if excluded is None or path.resolve() != excluded:
-                    walk(path)
-            elif child.name.startswith("."):
-                continue
+            if stat.S_ISDIR(st_child.st_mode):
+                walk(path)
             elif path.suffix.lower() not in EXTENSIONS:
                 kind = path.suffix.lower() or "no extension"
-                problems.append((_rel(path, root), f"not a supported image type ({kind})"))
-            elif child.is_symlink() and not path.exists():
-                problems.append((_rel(path, root), "broken symlink"))
+                problems.append((rel, f"not a supported image type ({kind})"))
+            elif not stat.S_ISREG(st_child.st_mode):
+                problems.append((rel, "not a regular file (a pipe, socket or device)"))
             else:
-                found.append((_rel(path, root), path))
+                found.append((rel, path))
 
     walk(root)
     found.sort(key=lambda item: item[0])
-    stems = [rel.rsplit(".", 1)[0] for rel, _ in found]
+    keys = _unique_keys([rel for rel, _ in found])
+    entries = [
+        ImageEntry(i + 1, path, rel, key)
+        for i, ((rel, path), key) in enumerate(zip(found, keys, strict=True))
+    ]
+    problems.sort()
+    return entries, problems
+
+
+def _unique_keys(rels: list[str]) -> list[str]:
+    """Output names: the path without extension, or with it where two files share a stem."""
+    stems = [rel.rsplit(".", 1)[0] for rel in rels]
     counts: dict[str, int] = {}
     for stem in stems:
         counts[stem] = counts.get(stem, 0) + 1
     # photo.jpg and photo.png in one folder would share masks/photo.png: keep their extensions.
-    entries = [
-        ImageEntry(i + 1, path, rel, stem if counts[stem] == 1 else rel)
-        for i, ((rel, path), stem) in enumerate(zip(found, stems, strict=True))
-    ]
-    return entries, problems
+    keys = [stem if counts[stem] == 1 else rel for rel, stem in zip(rels, stems, strict=True)]
+    taken: set[str] = set()
+    unique = []
+    for key in keys:
+        # Only a file literally named like another's kept extension ("a.jpg.png") gets here.
+        candidate, n = key, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{key}~{n}"
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -120,36 +159,59 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode turned undecodable bytes into lone surrogates
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _stat_problem(exc: OSError, what: str) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    return f"{what}: {exc.strerror or exc}"
+
+
 def load_image(entry: ImageEntry) -> LoadedImage | LoadError:
     """Decode one file to upright RGB uint8; every failure comes back as a LoadError."""
     try:
         size = entry.path.stat().st_size
     except OSError as exc:
-        return LoadError(entry, f"cannot read file: {exc.strerror}")
+        return LoadError(entry, _stat_problem(exc, "cannot read file"))
     if size == 0:
         return LoadError(entry, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from half of MAX_PIXELS on; the limit here is MAX_PIXELS itself.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(entry.path) as im:
                 return _decode(entry, im)
     except Image.DecompressionBombError as exc:
         return LoadError(entry, f"image too large to decode safely ({exc})")
-    except Image.DecompressionBombWarning as exc:
-        return LoadError(entry, f"image too large to decode safely ({exc})")
     except UnidentifiedImageError:
-        return LoadError(entry, "not an image Pillow can read (unknown or unsupported format)")
+        return LoadError(entry, "not an image Pillow can read (unknown format or not image data)")
     except PermissionError as exc:
         return LoadError(entry, f"cannot read file: {exc.strerror}")
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        return LoadError(entry, f"corrupt or truncated image ({exc})")
+    except MemoryError:
+        return LoadError(entry, "not enough memory to decode this image")
+    except Exception as exc:  # decoders raise OSError, SyntaxError, zlib/struct errors and more
+        return LoadError(entry, f"corrupt or truncated image ({type(exc).__name__}: {exc})")
 
 
 def _decode(entry: ImageEntry, im: Image.Image) -> LoadedImage | LoadError:
     width, height = im.size
+    if width < 1 or height < 1:
+        return LoadError(entry, f"image has no pixels ({width}x{height})")
     if width * height > MAX_PIXELS:
         return LoadError(
-            entry, f"image too large: {width}x{height} declared (limit {MAX_PIXELS} pixels)"
+            entry,
+            f"image too large: {width}x{height} declared (limit {MAX_PIXELS} pixels); "
+            "could be a decompression bomb",
         )
     notes = []
     frames = getattr(im, "n_frames", 1)
@@ -157,34 +219,61 @@ def _decode(entry: ImageEntry, im: Image.Image) -> LoadedImage | LoadError:
         notes.append(f"first of {frames} frames used")
         im.seek(0)
     im.load()
-    # EXIF orientation is applied here and only here: everything downstream sees upright pixels.
-    upright = ImageOps.exif_transpose(im)
-    rgb = _to_rgb(upright)
-    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        return LoadError(entry, "image has no pixels")
+    upright, orientation = _upright(im)
+    if orientation:
+        notes.append(f"rotated upright (EXIF orientation {orientation})")
+    rgb, converted = _to_rgb(upright)
+    if converted:
+        notes.append(converted)
+    if min(rgb.shape[:2]) < SMALL_SIDE:
+        notes.append(f"very small image ({rgb.shape[1]}x{rgb.shape[0]}); labels are unreliable")
     return LoadedImage(entry, rgb, "; ".join(notes))
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """Any Pillow mode to HxWx3 uint8; transparency is composited over white."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        top = arr.max() if arr.size else 0.0
-        scale = 255.0 / top if top > 255 else 1.0
-        gray = np.clip(arr * scale, 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+def _upright(im: Image.Image) -> tuple[Image.Image, int]:
+    """Apply the EXIF orientation, here and only here: downstream sees upright pixels only.
+
+    Returns the image and the orientation applied (0 when none). A broken EXIF block is
+    ignored rather than failing an otherwise good image.
+    """
+    try:
+        orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # malformed EXIF: struct, value and type errors from the parser
+        return im, 0
+    if orientation not in range(2, 9):
+        return im, 0
+    return ImageOps.exif_transpose(im), orientation
+
+
+def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str]:
+    """Any Pillow mode to HxWx3 uint8, and a note saying what was converted (or "")."""
+    if im.mode in WIDE_MODES:
+        arr = np.asarray(im).astype(np.int64)
+        arr = np.clip(arr, 0, None)
+        top = int(arr.max()) if arr.size else 0
+        # 12-bit and 16-bit data are stretched by their maximum so they do not come out black.
+        gray = (arr * 255 // top if top > 255 else arr).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2), f"{im.mode} grayscale scaled to 8 bits"
     if im.mode == "F":
         arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        gray = ((arr - lo) / (hi - lo) * 255 if hi > lo else arr * 0).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if im.mode == "P" and "transparency" in im.info:
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scaled = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        gray = np.nan_to_num(scaled).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2), "float image scaled to 8 bits"
+    note = "" if im.mode == "RGB" else f"converted from {im.mode} to RGB"
+    if "transparency" in im.info and im.mode in ("P", "L", "RGB", "1"):
         im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if im.mode in ALPHA_MODES:
         rgba = im.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:
+            note += "; transparent pixels composited over white"
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    try:
+        rgb = im.convert("RGB")
+    except ValueError as exc:
+        raise ValueError(f"pixel format {im.mode} cannot be converted to RGB ({exc})") from exc
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)), note.lstrip("; ")
 
 
 def iter_images(entries: list[ImageEntry]) -> Iterator[LoadedImage | LoadError]:

@@ -2,7 +2,7 @@
 
 A crash loses at most the images in flight; a torn last line is cut off on reopening. Final
 outputs (annotations.json, manifest.jsonl) are assembled from these records by streaming, so
-memory does not grow with the number of images.
+memory does not grow with the number of images (only a path and an offset per image are kept).
 """
 
 from __future__ import annotations
@@ -12,14 +12,31 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from autolabel.errors import UsageError
 from autolabel.writers.atomic import atomic_write_json
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs are the user's care there
+    fcntl = None  # type: ignore[assignment]
+
 STATE_DIR = ".autolabel"
 # Files and folders a run writes; --overwrite removes exactly these and nothing else.
 OUTPUT_NAMES = ("annotations.json", "manifest.jsonl", "run.json", "masks", "previews", STATE_DIR)
+# Where a killed run can leave the temp files of atomic writes (".<name>.<random>.tmp") behind.
+TEMP_TREES = ("masks", "previews")
+TEMP_PREFIXES = tuple(f".{n}." for n in ("annotations.json", "manifest.jsonl", "run.json"))
+# What the identity keys mean, for the message that refuses a changed run.
+IDENTITY_WORDS = {
+    "vocabulary": "vocabulary (classes, synonyms or background words)",
+    "method": "method",
+    "recipe": "recipe",
+    "settings": "method settings or model",
+    "max_side": "--max-side",
+    "min_area": "--min-area",
+}
 
 
 class RunStore:
@@ -30,18 +47,39 @@ class RunStore:
         self.dir = out / STATE_DIR
         self.records_path = self.dir / "records.jsonl"
         self.state_path = self.dir / "state.json"
-        self._handle = None
+        self._handle: IO[str] | None = None
+        self._lock_fd: int | None = None
 
-    def open(self, identity: dict[str, Any], *, resume: bool, overwrite: bool) -> set[str]:
-        """Prepare the folder for this run; returns the relative paths already finished.
+    def open(
+        self, identity: dict[str, Any], *, resume: bool, overwrite: bool
+    ) -> dict[str, dict[str, Any]]:
+        """Lock and prepare the folder for this run; returns the latest ok record per file.
 
-        A folder written with another vocabulary/method/settings is refused unless overwrite.
+        A folder written with another vocabulary/method/settings, or holding outputs autolabel
+        did not write, is refused unless overwrite. Without resume, earlier records are dropped.
         """
+        self._lock()
+        try:
+            return self._open(_plain(identity), resume=resume, overwrite=overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(
+        self, identity: dict[str, Any], *, resume: bool, overwrite: bool
+    ) -> dict[str, dict[str, Any]]:
         previous = self._read_state()
-        if previous is not None and previous != identity and not overwrite:
-            changed = sorted(k for k in identity if previous.get(k) != identity.get(k))
+        if previous is None:
+            foreign = [n for n in OUTPUT_NAMES if (self.out / n).exists()]
+            if foreign and not overwrite:
+                raise UsageError(
+                    f"{self.out} already holds {', '.join(foreign)} that no autolabel run "
+                    "recorded; use another --out folder, or --overwrite to replace them"
+                )
+        elif previous != identity and not overwrite:
+            changed = [IDENTITY_WORDS.get(k, k) for k in identity if previous.get(k) != identity[k]]
             raise UsageError(
-                f"{self.out} holds a run with a different {', '.join(changed)}; "
+                f"{self.out} holds a run made with a different {', '.join(changed)}; "
                 "use another --out folder, or --overwrite to replace that run"
             )
         if overwrite or not resume or (previous is not None and previous != identity):
@@ -49,9 +87,15 @@ class RunStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.state_path, identity)
         self._truncate_torn_line()
-        done = {rec["file"] for rec in self._scan()}
+        self._remove_temp_files()
+        finished: dict[str, dict[str, Any]] = {}
+        for _, rec in self._scan():
+            if rec["status"] == "ok":
+                finished[rec["file"]] = {k: rec.get(k) for k in ("stamp", "mask")}
+            else:
+                finished.pop(rec["file"], None)  # a later failure replaces an earlier success
         self._handle = open(self.records_path, "a", encoding="utf-8")  # noqa: SIM115
-        return done
+        return finished
 
     def clear(self) -> None:
         """Remove everything a previous run wrote in the folder (and only that)."""
@@ -70,36 +114,48 @@ class RunStore:
         os.fsync(self._handle.fileno())
 
     def close(self) -> None:
-        """Close the records file."""
+        """Close the records file and release the folder lock."""
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def sorted_records(self, keep: set[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Records ordered by relative path, one in memory at a time (offsets are indexed)."""
-        index = sorted(
-            (rec["file"], offset)
-            for offset, rec in self._scan(with_offsets=True)
-            if keep is None or rec["file"] in keep
-        )
-        seen: set[str] = set()
-        with open(self.records_path, encoding="utf-8") as handle:
-            for rel, offset in index:
-                if rel in seen:  # an image redone after a crash: the first record wins
-                    continue
-                seen.add(rel)
-                handle.seek(offset)
+        """The latest record of each file, ordered by path, one in memory at a time."""
+        latest: dict[str, int] = {}
+        for offset, rec in self._scan():
+            if keep is None or rec["file"] in keep:
+                latest[rec["file"]] = offset
+        with open(self.records_path, "rb") as handle:
+            for rel in sorted(latest):
+                handle.seek(latest[rel])
                 yield json.loads(handle.readline())
 
-    def _scan(self, with_offsets: bool = False) -> Iterator[Any]:
+    def _scan(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(byte offset, record) for every line of the records file."""
         if not self.records_path.exists():
             return
         with open(self.records_path, "rb") as handle:
-            offset = handle.tell()
-            for line in iter(handle.readline, b""):
-                rec = json.loads(line)
-                yield (offset, rec) if with_offsets else rec
-                offset = handle.tell()
+            offset = 0
+            for line in handle:
+                yield offset, json.loads(line)
+                offset += len(line)
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on the output folder so two runs never write into it at once."""
+        if fcntl is None:
+            return
+        fd = os.open(self.out, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise UsageError(
+                f"{self.out} is in use by another autolabel run; wait for it or use another --out"
+            ) from exc
+        self._lock_fd = fd
 
     def _read_state(self) -> dict[str, Any] | None:
         try:
@@ -113,7 +169,7 @@ class RunStore:
             return
         with open(self.records_path, "rb+") as handle:
             good = 0
-            for line in iter(handle.readline, b""):
+            for line in handle:
                 try:
                     if not line.endswith(b"\n"):
                         raise ValueError("torn line")
@@ -122,3 +178,19 @@ class RunStore:
                     break
                 good += len(line)
             handle.truncate(good)
+
+    def _remove_temp_files(self) -> None:
+        """Delete the temp files of atomic writes that a killed run left half-written."""
+        for name in os.listdir(self.out):
+            if name.startswith(TEMP_PREFIXES) and name.endswith(".tmp"):
+                os.unlink(self.out / name)
+        for tree in TEMP_TREES:
+            for parent, _, files in os.walk(self.out / tree):
+                for name in files:
+                    if name.startswith(".") and name.endswith(".tmp"):
+                        os.unlink(os.path.join(parent, name))
+
+
+def _plain(data: dict[str, Any]) -> dict[str, Any]:
+    """The identity as it reads back from JSON (tuples become lists), so comparisons hold."""
+    return json.loads(json.dumps(data))

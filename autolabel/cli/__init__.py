@@ -9,12 +9,12 @@ import click
 from rich.console import Console
 
 from autolabel.cli.apps import app
-from autolabel.errors import AutolabelError, UsageError
+from autolabel.errors import AutolabelError
 
 # Each module attaches its commands to the apps in autolabel.cli.apps when imported.
-COMMAND_MODULES = ("autolabel.cli.core",)
+COMMAND_MODULES = ("autolabel.cli.core", "autolabel.cli.tune", "autolabel.cli.fiftyone")
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 2 if isinstance(exc, UsageError) else 1
+        # Nothing was labelled: bad options, vocabulary, recipe, output folder or weights.
+        return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; finished images are saved, rerun to resume")
         return 130

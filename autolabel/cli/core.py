@@ -22,7 +22,7 @@ from autolabel.config import DEFAULT_METHOD, RunConfig, list_recipes
 from autolabel.methods.base import DESCRIPTIONS
 from autolabel.runner import RunSummary, run_job
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -118,18 +118,22 @@ def run_with_progress(config: RunConfig) -> RunSummary:
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("run", total=None, rate="")
+    bar = Progress(*columns, console=console)
+    task = bar.add_task("run", total=None, rate="")
 
-        def advance(step: int, total: int, resumed: int) -> None:
-            state = bar.tasks[0]
-            if state.total is None:
-                bar.update(task, total=total, completed=resumed)
-            bar.advance(task, step)
-            speed = bar.tasks[0].speed
-            bar.update(task, rate=f"{speed:.2f} img/s" if speed else "")
+    def advance(step: int, total: int, resumed: int) -> None:
+        # Started on the first finished image, so usage errors print without a stray bar.
+        if bar.tasks[0].total is None:
+            bar.start()
+            bar.update(task, total=total, completed=resumed)
+        bar.advance(task, step)
+        speed = bar.tasks[0].speed
+        bar.update(task, rate=f"{speed:.2f} img/s" if speed else "")
 
+    try:
         return run_job(config, progress=advance)
+    finally:
+        bar.stop()
 
 
 def print_summary(summary: RunSummary) -> None:

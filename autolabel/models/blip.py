@@ -100,9 +100,9 @@ class ItmModel:
             # The pieces of BlipForImageTextRetrieval.forward, so that the image mask is built on
             # the right device and the vision tower runs without autograd.
             with torch.no_grad():
-                image = net.vision_model(
-                    pixel_values=pixel_values, interpolate_pos_encoding=True
-                )[0]
+                image = net.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=True)[
+                    0
+                ]
             image_mask = torch.ones(image.shape[:-1], dtype=torch.long, device=image.device)
             text = net.text_encoder(
                 input_ids=input_ids,
@@ -147,7 +147,7 @@ def _resolve_source(model: str) -> tuple[str, bool]:
 def _hub_fix(model: str) -> str:
     return (
         "on a connected machine run\n"
-        "  python -c \"from transformers import AutoModel, AutoProcessor; "
+        '  python -c "from transformers import AutoModel, AutoProcessor; '
         f"m='{model}'; AutoModel.from_pretrained(m).save_pretrained('DIR'); "
         "AutoProcessor.from_pretrained(m).save_pretrained('DIR')\"\n"
         "then copy DIR here and pass --model DIR, or copy that cache folder here."

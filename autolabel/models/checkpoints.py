@@ -11,6 +11,8 @@ QuickGELU, and everything else follows the named open_clip config.
 
 from __future__ import annotations
 
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -45,6 +47,14 @@ def _unwrap(checkpoint: object) -> dict[str, torch.Tensor]:
     return state
 
 
+def _is_torchscript(path: Path) -> bool:
+    # TorchScript archives are zip files with a constants.pkl; torch.save archives have none.
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/constants.pkl") for n in archive.namelist())
+
+
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     """The tensors of a checkpoint file, and whether it was a TorchScript archive (OpenAI's .pt).
 
@@ -54,11 +64,10 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
         from safetensors.torch import load_file
 
         return _unwrap(load_file(str(path))), False
-    try:
-        scripted = torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError):
-        scripted = None
-    if scripted is not None:
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated
+            scripted = torch.jit.load(str(path), map_location="cpu")
         return dict(scripted.state_dict()), True
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -103,7 +112,10 @@ def create_from_checkpoint(
         raise ModelLoadError(f"model {name!r}: cannot build it ({exc})") from exc
     try:
         if openai:
-            weights = {k: v for k, v in state.items() if k not in OPENAI_EXTRA_KEYS}
+            # A scripted model also saves buffers that open_clip keeps out of its state dict.
+            transient = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+            skip = transient.union(OPENAI_EXTRA_KEYS)
+            weights = {k: v for k, v in state.items() if k not in skip}
             model.load_state_dict(weights, strict=True)
         else:
             del state  # open_clip re-reads the file with its own format conversions

@@ -113,6 +113,19 @@ def offline_message(subject: str, exc: BaseException, fix: str, unknown: str = "
     )
 
 
+def _register_config(path: Path) -> str:
+    """Register a custom open_clip model config file; its stem becomes the model name."""
+    import open_clip
+
+    if not path.is_file():
+        raise ModelLoadError(f"--model {path}: no such model config file")
+    try:
+        open_clip.add_model_config(path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"--model {path}: not an open_clip model config ({exc})") from exc
+    return path.stem
+
+
 def _offline_message(name: str, pretrained: str, exc: BaseException) -> str:
     return offline_message(
         f"model {name!r} (pretrained={pretrained!r})",
@@ -121,6 +134,24 @@ def _offline_message(name: str, pretrained: str, exc: BaseException) -> str:
         "--checkpoint PATH (an open_clip .pt/.bin/.safetensors or an OpenAI-CLIP state dict), "
         "or copy that cache folder here; `autolabel models` lists names and tags.",
     )
+
+
+def _fetch_pretrained(name: str, tag: str) -> None:
+    """Download (or find in the cache) a tag's weights before the model is built, so that an
+    offline machine fails within a second with the clear message instead of after the build."""
+    from open_clip import pretrained as registry
+
+    cfg = registry.get_pretrained_cfg(name, tag)
+    if not cfg:
+        tags = registry.list_pretrained_tags_by_model(name)
+        raise ModelLoadError(
+            f"model {name!r} has no pretrained tag {tag!r}; known tags: "
+            f"{', '.join(tags) or 'none (use --checkpoint PATH)'}"
+        )
+    try:
+        registry.download_pretrained(cfg)
+    except Exception as exc:  # hub and HTTP errors share no base class
+        raise ModelLoadError(_offline_message(name, tag, exc)) from exc
 
 
 @functools.lru_cache(maxsize=4)
@@ -132,7 +163,8 @@ def load_clip(
 ) -> ClipModel:
     """Load an open_clip model once per process.
 
-    name: an open_clip model name, or "toy" for the bundled toy-world model.
+    name: an open_clip model name, "toy" for the bundled toy-world model, or the path of an
+    open_clip model config .json (custom architectures; its file stem becomes the name).
     pretrained: an open_clip pretrained tag (downloaded on first use), or None / "none".
     checkpoint: a local weights file; wins over pretrained.
     With neither, the architecture is built with random weights (for tests and cost checks).
@@ -142,6 +174,8 @@ def load_clip(
     dev = resolve_device(device)
     if pretrained is not None and pretrained.lower() in NO_WEIGHTS:
         pretrained = None
+    if name.endswith(".json"):
+        name = _register_config(Path(name))
     if name == TOY_NAME:
         _register_toy()
         # The toy model has exactly one set of weights, the bundled one, unless a file is given.
@@ -158,6 +192,8 @@ def load_clip(
         if checkpoint is not None:
             model = create_from_checkpoint(name, checkpoint, pretrained, dev)
         else:
+            if pretrained:
+                _fetch_pretrained(name, pretrained)
             # open_clip only warns when a tag was trained with QuickGELU (every 'openai' tag) but
             # the named config uses GELU; build the activation the weights were trained with.
             model = open_clip.create_model(
@@ -168,17 +204,11 @@ def load_clip(
             )
     except ModelLoadError:
         raise
-    except RuntimeError as exc:
+    except Exception as exc:  # hub, HTTP, pickle and shape errors share no base class
         if checkpoint:
             raise ModelLoadError(
-                f"--checkpoint {checkpoint}: its weights do not fit model {name!r} ({exc})"
+                f"checkpoint {checkpoint}: cannot load it into model {name!r} ({exc})"
             ) from exc
-        raise ModelLoadError(_offline_message(name, str(pretrained), exc)) from exc
-    except (OSError, ValueError) as exc:
-        if checkpoint:
-            raise ModelLoadError(f"--checkpoint {checkpoint}: cannot load it ({exc})") from exc
-        raise ModelLoadError(_offline_message(name, str(pretrained), exc)) from exc
-    except Exception as exc:  # hub and HTTP errors have no common base class
         raise ModelLoadError(_offline_message(name, str(pretrained), exc)) from exc
     model.eval()
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}

@@ -1,0 +1,530 @@
+"""`car`: CLIP as RNN (Sun et al., CVPR 2024), training-free recurrent open-vocabulary segmentation.
+
+car.md §1. The hidden state is the set of live text queries, h_0 = the vocabulary. Each step:
+f (gradcam.py) proposes one mask per live query, each proposal is drawn onto the image as a
+visual prompt (prompts.py), g (a second CLIP) scores every prompted image against the live
+queries with a 15-template score ensemble, and queries whose own score P_ii is not above θ are
+dropped (the best one is kept if none passes). The loop stops when a step drops nothing (at
+least two steps run). The last step's proposals go through a dense CRF; the label map is the
+argmax over [background, surviving classes].
+
+Vocabulary mapping: each class is ONE query, its name and synonyms joined by commas ("backpack,
+bag"), which is how the official code writes synonyms; a recipe's `queries` can replace a class's
+string (the VOC/COCO recipes use the CLIP-ES names, e.g. "person with clothes,people,human").
+Separate synonym queries would compete in both softmaxes and split each other's score.
+
+Two executions share the recurrence: the fast engine (default) and the reference engine, which
+follows the official code's cost structure (trunk per step, one backward per query, the
+affinity rebuilt per query, every prompted image encoded once per template, texts re-encoded
+every step). Both give the same outputs; tests and benchmarks/car_cost.py compare them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from autolabel.errors import UsageError
+from autolabel.methods import gradcam
+from autolabel.methods.base import SegResult
+from autolabel.methods.prompts import check_prompt_kinds, visual_prompt
+from autolabel.models.clip import TOY_NAME, ClipModel, load_clip
+from autolabel.refine.crf import CRFParams, dense_crf
+from autolabel.vocab import VocabClass, Vocabulary
+
+# The classifier templates of every semantic-segmentation config (car.md §1.3); θ is
+# calibrated against the double softmax over these.
+SEMANTIC_TEMPLATES = (
+    "a clean origami {}.",
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+CAM_TEMPLATE = "a clean origami {}."  # CLIP-ES's template for background words (and quirk texts)
+CAM_TEXT_MODES = ("official", "template", "raw")
+CRF_IMAGE_MODES = ("rgb", "official")
+ENGINES = ("fast", "reference")
+# The official CRF feeds the bilateral kernel BGR minus this mean, wrapped to uint8 (§1.4).
+CRF_MEAN_BGR = (104.008, 116.669, 122.675)
+RANDOM_WEIGHTS = ("none", "random", "")
+
+
+@dataclass
+class CaRSettings:
+    """CaR settings; defaults are the general-purpose recipe (recipes/car.yaml)."""
+
+    model: str = "ViT-B-16"  # f, the proposal generator (paper: ViT-B/16)
+    pretrained: str | None = "openai"
+    checkpoint: str | None = None
+    classifier_model: str = "ViT-L-14"  # g, the mask classifier (paper: ViT-L/14)
+    classifier_pretrained: str | None = "openai"
+    classifier_checkpoint: str | None = None
+    parity: bool = False  # reproduce the official code's quirks (car.md §5.3)
+    mask_threshold: float = 0.4  # η: proposal binarisation for the visual prompt
+    confidence_threshold: float = 0.6  # θ: a query stays alive if P_ii > θ
+    clipes_threshold: float = 0.4  # λ: CLIP-ES box threshold (fraction of the CAM max)
+    visual_prompts: list[str] = field(default_factory=lambda: ["circle", "blur"])
+    templates: list[str] = field(default_factory=lambda: list(SEMANTIC_TEMPLATES))
+    cam_template: str = CAM_TEMPLATE
+    # Which string f's Grad-CAM targets: "official" = the raw query at step 1, the templated
+    # one from step 2 on (the official code's quirk); "template"/"raw" = the same every step.
+    cam_text: str = "official"
+    crf_image: str = "rgb"  # "official": the wrapped mean-subtracted BGR image (parity quirk)
+    bg_factor: float = 1.0  # background unary = (1 - max proposal) ** bg_factor
+    # Pascal-Context-style two passes: these classes are segmented in a second pass whose
+    # background queries are the other classes, with their own prompts (car.md §1.2).
+    stuff_classes: list[str] = field(default_factory=list)
+    stuff_visual_prompts: list[str] = field(default_factory=lambda: ["blur", "gray"])
+    stuff_bg_factor: float = 1.0
+    queries: dict[str, str] = field(default_factory=dict)  # class name -> query string
+    cam_max_side: int | None = 1024  # bound on f's input side (the affinity costs n^3)
+    engine: str = "fast"  # "reference": the official cost structure, same outputs
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> CaRSettings:
+        """Build from recipe/CLI settings, filling backbone defaults and rejecting bad values."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(settings) - known
+        if unknown:
+            raise UsageError(f"method car: unknown setting(s) {', '.join(sorted(unknown))}")
+        values = {k: v for k, v in settings.items() if v is not None}
+        values.setdefault("model", cls.model)
+        values["pretrained"] = _weights_tag(values, "model", "pretrained", "checkpoint")
+        # The toy world has one model; it plays both roles unless told otherwise.
+        values.setdefault(
+            "classifier_model", TOY_NAME if values["model"] == TOY_NAME else cls.classifier_model
+        )
+        values["classifier_pretrained"] = _weights_tag(
+            values, "classifier_model", "classifier_pretrained", "classifier_checkpoint"
+        )
+        values["parity"] = bool(values.get("parity", False))
+        if values["parity"]:
+            values.update(cam_text="official", crf_image="official", cam_max_side=None)
+        out = cls(**values)
+        out._validate()
+        return out
+
+    def _validate(self) -> None:
+        for key in ("mask_threshold", "confidence_threshold", "clipes_threshold"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise UsageError(f"method car: {key} must be a number in [0, 1], not {value!r}")
+        for key, allowed in (
+            ("cam_text", CAM_TEXT_MODES),
+            ("crf_image", CRF_IMAGE_MODES),
+            ("engine", ENGINES),
+        ):
+            if getattr(self, key) not in allowed:
+                raise UsageError(f"method car: {key} must be one of {', '.join(allowed)}")
+        self.visual_prompts = list(check_prompt_kinds(self.visual_prompts, "car visual_prompts"))
+        self.stuff_visual_prompts = list(
+            check_prompt_kinds(self.stuff_visual_prompts, "car stuff_visual_prompts")
+        )
+        for template in [*self.templates, self.cam_template]:
+            if not isinstance(template, str) or template.count("{}") != 1:
+                raise UsageError(f"method car: template {template!r} must contain one '{{}}'")
+        if not self.templates:
+            raise UsageError("method car: templates must not be empty")
+        if not isinstance(self.queries, dict):
+            raise UsageError("method car: queries must map class names to query strings")
+        if self.cam_max_side is not None and int(self.cam_max_side) < 32:
+            raise UsageError("method car: cam_max_side must be at least 32 pixels")
+
+
+def _weights_tag(values: dict[str, Any], model: str, tag: str, checkpoint: str) -> str | None:
+    """The pretrained tag: explicit ('none' = random weights), else 'openai' unless a local
+    checkpoint or the toy model supplies the weights."""
+    if tag in values:
+        value = str(values[tag])
+        return None if value.lower() in RANDOM_WEIGHTS else value
+    if values.get(checkpoint) or values[model] == TOY_NAME:
+        return None
+    return "openai"
+
+
+@dataclass
+class Recurrence:
+    """One image's hidden state: the live queries and what the last step produced."""
+
+    live: list[int]  # query indices alive at the start of the current step
+    step: int = 0
+    previous_count: int = 0
+    proposals: np.ndarray | None = None  # (rows, H, W) of the last step (or a fallback)
+    proposal_rows: list[int] = field(default_factory=list)  # query of each proposal row
+    scores: np.ndarray | None = None  # P_ii of the last step, per live query
+    done: bool = False
+
+    def advance(self, proposals: np.ndarray, diag: np.ndarray, theta: float, parity: bool):
+        """Apply one step's outputs: prune by θ, keep proposals, decide whether to stop."""
+        keep = [j for j, s in enumerate(diag) if s > theta] or [int(np.argmax(diag))]
+        if float(proposals.max()) == 0.0 and self.proposals is not None:
+            # The official code falls back to the previous step's proposals (all of them, so
+            # rows no longer match the queries); outside parity we take the matching rows.
+            if not parity:
+                rows = [self.proposal_rows.index(q) for q in self.live]
+                self.proposals = self.proposals[rows]
+                self.proposal_rows = list(self.live)
+        else:
+            self.proposals, self.proposal_rows = proposals, list(self.live)
+        self.scores = np.asarray(diag, dtype=np.float32)
+        self.step += 1
+        self.done = len(keep) == self.previous_count
+        self.previous_count = len(keep)
+        if not self.done:
+            self.live = [self.live[j] for j in keep]
+            self.scores = self.scores[keep]
+
+
+class FastEngine:
+    """f and g with every exact saving of car.md §5.2 (text caches, trunk once per image,
+    one batched backward per step, one refinement matmul, each prompted image encoded once)."""
+
+    def __init__(self, f: ClipModel, g: ClipModel, settings: CaRSettings) -> None:
+        self.f, self.g, self.settings = f, g, settings
+        self.stats: Counter = Counter()
+        self._embeddings: dict[bytes, torch.Tensor] = {}
+
+    def prepare(self, images: list[np.ndarray]) -> list[gradcam.CamImage]:
+        """Run f's trunk once per image, batching images whose CAM inputs have the same size."""
+        self._embeddings.clear()
+        pixels = [self._cam_pixels(im) for im in images]
+        states: list[gradcam.CamImage | None] = [None] * len(images)
+        buckets: dict[tuple[int, ...], list[int]] = {}
+        for i, px in enumerate(pixels):
+            buckets.setdefault(tuple(px.shape), []).append(i)
+        for members in buckets.values():
+            batch = torch.cat([pixels[i] for i in members]).to(self.f.device)
+            sizes = [images[i].shape[:2] for i in members]
+            encoded = gradcam.encode_cam_images(
+                self.f.model.visual, batch, sizes, self.settings.parity
+            )
+            for i, state in zip(members, encoded, strict=True):
+                states[i] = state
+        return states
+
+    def _cam_pixels(self, image: np.ndarray) -> torch.Tensor:
+        clip = self.f
+        side = self.settings.cam_max_side
+        return gradcam.cam_pixels(image, clip.patch_size, clip.mean, clip.std, side)
+
+    def propose(
+        self, state: gradcam.CamImage, cam_texts: list[str], bg_texts: list[str]
+    ) -> np.ndarray:
+        """Refined CAMs (n, H, W) in [0, 1] for the live queries."""
+        visual = self.f.model.visual
+        fg = self.f.encode_text(cam_texts)
+        bg = self.f.encode_text(bg_texts) if bg_texts else fg[:0]
+        scale = self.f.model.logit_scale.exp()
+        cams, backwards = gradcam.grad_cams(visual, state, fg, bg, scale)
+        self.stats["backwards"] += backwards
+        boxes = _boxes(cams, self.settings.clipes_threshold)
+        refined = gradcam.refine(state.affinity, cams, boxes.to(cams.device))
+        return gradcam.upsample(refined, state.size)
+
+    def classify(
+        self, prompted: list[list[np.ndarray]], texts: list[list[str]]
+    ) -> list[np.ndarray]:
+        """P (n, n) per image: each distinct prompted image is encoded once, texts are cached."""
+        keys = [[_key(im) for im in images] for images in prompted]
+        todo: dict[bytes, np.ndarray] = {}
+        for images, image_keys, queries in zip(prompted, keys, texts, strict=True):
+            if len(queries) > 1:  # one live query: P = [[1]] exactly, no encoding needed
+                for im, key in zip(images, image_keys, strict=True):
+                    if key not in self._embeddings:
+                        todo[key] = im
+        if todo:
+            feats = _classifier_features(self.g, list(todo.values()), self.settings.parity)
+            self._embeddings.update(zip(todo, feats, strict=True))
+        scale = self.g.model.logit_scale.exp()
+        out = []
+        for image_keys, queries in zip(keys, texts, strict=True):
+            if len(queries) == 1:
+                out.append(np.ones((1, 1), dtype=np.float32))
+                continue
+            emb = torch.stack([self._embeddings[k] for k in image_keys])
+            prompts = [t.format(q) for t in self.settings.templates for q in queries]
+            text = self.g.encode_text(prompts).view(len(self.settings.templates), len(queries), -1)
+            out.append(_ensemble(scale * emb @ text.transpose(1, 2)))
+        return out
+
+
+class ReferenceEngine:
+    """The official code's execution, kept to show that FastEngine changes cost, not outputs."""
+
+    def __init__(self, f: ClipModel, g: ClipModel, settings: CaRSettings) -> None:
+        self.f, self.g, self.settings = f, g, settings
+        self.stats: Counter = Counter()
+
+    def prepare(self, images: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """Keep each image's CAM input; the trunk runs again at every step."""
+        side = self.settings.cam_max_side
+        f = self.f
+        return [
+            (gradcam.cam_pixels(im, f.patch_size, f.mean, f.std, side), im.shape[:2])
+            for im in images
+        ]
+
+    def propose(self, state, cam_texts: list[str], bg_texts: list[str]) -> np.ndarray:
+        """Per query: its own Grad-CAM pass and backward, its own affinity and refinement."""
+        pixels, size = state
+        visual = self.f.model.visual
+        image = gradcam.encode_cam_images(
+            visual, pixels.to(self.f.device), [size], self.settings.parity
+        )[0]
+        fg = _encode_uncached(self.f, cam_texts)
+        bg = _encode_uncached(self.f, bg_texts) if bg_texts else fg[:0]
+        scale = self.f.model.logit_scale.exp()
+        cams, maps = [], None
+        for index in range(len(cam_texts)):
+            cam, weights = gradcam.grad_cam_single(visual, image, fg, bg, scale, index)
+            self.stats["backwards"] += 1
+            maps = maps or [*image.attention, weights]
+            box = gradcam.box_mask(cam.cpu().numpy(), self.settings.clipes_threshold)
+            cams.append(gradcam.refine_single(maps, cam, torch.from_numpy(box).to(cam.device)))
+        return gradcam.upsample(torch.stack(cams), size)
+
+    def classify(
+        self, prompted: list[list[np.ndarray]], texts: list[list[str]]
+    ) -> list[np.ndarray]:
+        """Per image and template: encode all prompted images and the templated texts."""
+        scale = self.g.model.logit_scale.exp()
+        out = []
+        for images, queries in zip(prompted, texts, strict=True):
+            pixels = _classifier_pixels(self.g, images)
+            per_template = []
+            for template in self.settings.templates:
+                emb = _penultimate_embedding(self.g, pixels, self.settings.parity)
+                text = _encode_uncached(self.g, [template.format(q) for q in queries])
+                per_template.append(scale * emb @ text.T)
+            out.append(_ensemble(torch.stack(per_template)))
+        return out
+
+
+def _ensemble(logits: torch.Tensor) -> np.ndarray:
+    """(templates, images, texts) logits -> P = softmax(Σ_templates softmax(logits))."""
+    summed = logits.float().softmax(dim=-1).sum(dim=0)
+    return summed.softmax(dim=-1).cpu().numpy()
+
+
+def _boxes(cams: torch.Tensor, threshold: float) -> torch.Tensor:
+    grid = cams.cpu().numpy()
+    return torch.from_numpy(np.stack([gradcam.box_mask(c, threshold) for c in grid]))
+
+
+def _key(image: np.ndarray) -> bytes:
+    return hashlib.sha1(image.tobytes()).digest() + repr(image.shape).encode()
+
+
+def _encode_uncached(clip: ClipModel, prompts: list[str]) -> torch.Tensor:
+    """L2-normalised text embeddings without the cache (the reference path's per-step cost)."""
+    tokens = clip.tokenizer(prompts).to(clip.device)
+    feats = clip.model.encode_text(tokens).float()
+    return feats / feats.norm(dim=-1, keepdim=True)
+
+
+def _classifier_pixels(clip: ClipModel, images: list[np.ndarray]) -> torch.Tensor:
+    """CLIP's own preprocessing: bicubic short side to the input size, centre crop, normalise."""
+    size = clip.image_size
+    out = []
+    for im in images:
+        pil = TF.resize(Image.fromarray(im), size, interpolation=InterpolationMode.BICUBIC)
+        out.append(TF.normalize(TF.to_tensor(TF.center_crop(pil, size)), clip.mean, clip.std))
+    return torch.stack(out).to(clip.device)
+
+
+@torch.no_grad()
+def _penultimate_embedding(clip: ClipModel, pixels: torch.Tensor, parity: bool) -> torch.Tensor:
+    """g's image vector: ln_post + proj of the class token after the second-to-last block.
+
+    The official classifier skips the last block (car.md §1.3); θ is calibrated to that.
+    """
+    visual = clip.model.visual
+    x = gradcam.embed_tokens(visual, pixels)
+    for block in visual.transformer.resblocks[: gradcam.trunk_depth(visual, x.shape[1], parity)]:
+        x, _ = gradcam.block_forward(block, x)
+    feats = visual.ln_post(x[:, 0]) @ visual.proj
+    return feats / feats.norm(dim=-1, keepdim=True)
+
+
+def _classifier_features(
+    clip: ClipModel, images: list[np.ndarray], parity: bool, batch: int = 16
+) -> torch.Tensor:
+    out = []
+    for start in range(0, len(images), batch):
+        pixels = _classifier_pixels(clip, images[start : start + batch])
+        out.append(_penultimate_embedding(clip, pixels, parity))
+    return torch.cat(out)
+
+
+@dataclass
+class Pass:
+    """One run of the recurrence over some classes (Context-style datasets run two)."""
+
+    classes: list[int]  # vocabulary indices
+    background: list[str]  # words for f's background queries
+    prompts: list[str]
+    bg_factor: float
+
+
+@dataclass
+class PassOutput:
+    """A pass's result for one image: label map, class probabilities and scores."""
+
+    labels: np.ndarray  # H x W, 0 or class id
+    probs: dict[int, np.ndarray]  # class id -> CRF marginal
+    background: np.ndarray  # CRF background marginal
+    scores: dict[int, float]
+
+
+class CaRSegmenter:
+    """The `car` method."""
+
+    name = "car"
+
+    def __init__(self, settings: CaRSettings, device: str) -> None:
+        self.settings = settings
+        s = settings
+        self.f = load_clip(s.model, s.pretrained, s.checkpoint, device)
+        self.g = load_clip(
+            s.classifier_model, s.classifier_pretrained, s.classifier_checkpoint, device
+        )
+        gradcam.check_plain_vit(self.f.model.visual, "proposal model (--model)")
+        gradcam.check_plain_vit(self.g.model.visual, "classifier (--classifier-model)")
+        engine = FastEngine if s.engine == "fast" else ReferenceEngine
+        self.engine = engine(self.f, self.g, s)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings and both backbones' provenance for run.json."""
+        return {
+            "method": self.name,
+            "settings": asdict(self.settings),
+            "backbone": {"name": self.f.name, "weights": self.f.source},
+            "classifier": {"name": self.g.name, "weights": self.g.source},
+        }
+
+    def query(self, cls: VocabClass) -> str:
+        """The text query standing for a class: the recipe's string or name + synonyms."""
+        custom = {k.lower(): v for k, v in self.settings.queries.items()}
+        return custom.get(cls.name.lower(), ",".join(cls.prompts))
+
+    def passes(self, vocab: Vocabulary) -> list[Pass]:
+        """Things with the vocabulary's background words; then stuff, if the recipe names any."""
+        s = self.settings
+        stuff_names = {n.lower() for n in s.stuff_classes}
+        stuff = [i for i, c in enumerate(vocab.classes) if c.name.lower() in stuff_names]
+        things = [i for i in range(len(vocab)) if i not in stuff]
+        out = []
+        if things:
+            out.append(Pass(things, list(vocab.background), s.visual_prompts, s.bg_factor))
+        if stuff:
+            thing_queries = [self.query(vocab.classes[i]) for i in things]
+            out.append(Pass(stuff, thing_queries, s.stuff_visual_prompts, s.stuff_bg_factor))
+        return out
+
+    @torch.no_grad()
+    def segment_batch(self, images: list[np.ndarray], vocab: Vocabulary) -> list[SegResult]:
+        """Segment each image; all images advance through the recurrence in lockstep."""
+        states = self.engine.prepare(images)
+        outputs = [self._run_pass(images, states, vocab, p) for p in self.passes(vocab)]
+        return [
+            _assemble([o[i] for o in outputs], len(vocab), images[i].shape[:2])
+            for i in range(len(images))
+        ]
+
+    def _cam_text(self, query: str, step: int) -> str:
+        mode = self.settings.cam_text
+        if mode == "raw" or (mode == "official" and step == 0):
+            return query
+        return self.settings.cam_template.format(query)
+
+    def _run_pass(
+        self, images: list[np.ndarray], states: list, vocab: Vocabulary, run: Pass
+    ) -> list[PassOutput]:
+        s = self.settings
+        queries = [self.query(vocab.classes[i]) for i in run.classes]
+        bg_texts = [s.cam_template.format(w) for w in run.background]
+        recs = [Recurrence(list(range(len(queries)))) for _ in images]
+        while not all(r.done for r in recs):
+            active = [i for i, r in enumerate(recs) if not r.done]
+            prompted, texts, proposals = [], [], []
+            for i in active:
+                live = [queries[q] for q in recs[i].live]
+                cams = self.engine.propose(
+                    states[i], [self._cam_text(q, recs[i].step) for q in live], bg_texts
+                )
+                proposals.append(cams)
+                prompted.append(
+                    [visual_prompt(images[i], c, s.mask_threshold, run.prompts) for c in cams]
+                )
+                texts.append(live)
+            scores = self.engine.classify(prompted, texts)
+            for i, cams, p in zip(active, proposals, scores, strict=True):
+                recs[i].advance(cams, np.diag(p), s.confidence_threshold, s.parity)
+        return [self._finish(images[i], rec, run) for i, rec in enumerate(recs)]
+
+    def _finish(self, image: np.ndarray, rec: Recurrence, run: Pass) -> PassOutput:
+        """Dense CRF over [background, last proposals]; labels and scores of the survivors."""
+        proposals = rec.proposals
+        bg = np.power(1 - proposals.max(axis=0, keepdims=True), run.bg_factor)
+        marginals = dense_crf(self._crf_image(image), np.concatenate([bg, proposals]), CRFParams())
+        winner = marginals.argmax(axis=0)
+        pairs = len(rec.live)
+        if self.settings.parity:
+            # F.one_hot without num_classes keeps channels up to the largest label only, and
+            # zip() then drops the classes past it (car.md addendum, item 5).
+            pairs = min(pairs, int(winner.max()))
+        labels = np.zeros(winner.shape, dtype=np.int32)
+        probs, scores = {}, {}
+        for j in range(pairs):
+            class_id = run.classes[rec.live[j]] + 1
+            labels[winner == j + 1] = class_id
+            probs[class_id] = marginals[j + 1]
+            scores[class_id] = float(rec.scores[j])
+        return PassOutput(labels, probs, marginals[0], scores)
+
+    def _crf_image(self, image: np.ndarray) -> np.ndarray:
+        if self.settings.crf_image == "rgb":
+            return image
+        shifted = image[:, :, ::-1].astype(np.float32) - np.array(CRF_MEAN_BGR, np.float32)
+        # astype(uint8) on negatives truncates toward zero and wraps modulo 256 on x86-64.
+        return (np.trunc(shifted).astype(np.int64) % 256).astype(np.uint8)
+
+
+def _assemble(outputs: list[PassOutput], num_classes: int, size: tuple[int, int]) -> SegResult:
+    """Merge passes: later passes (stuff) are painted first and the first (things) over them."""
+    labels = np.zeros(size, dtype=np.int32)
+    scores = np.zeros(num_classes, dtype=np.float32)
+    probs = np.zeros((num_classes + 1, *size), dtype=np.float32)
+    probs[0] = 1.0
+    for out in reversed(outputs):
+        painted = out.labels > 0
+        labels[painted] = out.labels[painted]
+        probs[0] = np.minimum(probs[0], out.background)
+        for class_id, marginal in out.probs.items():
+            probs[class_id] = marginal
+            scores[class_id - 1] = out.scores[class_id]
+    return SegResult(labels=labels, scores=scores, probs=probs)
+
+
+def build(settings: dict[str, Any], device: str) -> CaRSegmenter:
+    """Factory for the method registry."""
+    return CaRSegmenter(CaRSettings.from_dict(settings), device)

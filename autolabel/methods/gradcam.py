@@ -1,0 +1,317 @@
+"""CaR's mask-proposal generator f: CLIP-ES Grad-CAM with class-aware attention affinity.
+
+car.md §1.2. An open_clip ViT runs at (near) full image resolution with its positional embedding
+interpolated; blocks 1..L-1 form a text-independent trunk. For every foreground query the target
+is its softmax probability over [foreground; background] texts, where the image vector is the
+mean of the last block's patch tokens after ln_post and proj. The Grad-CAM layer is the last
+block's first LayerNorm. Each CAM is refined with an affinity built from the attention maps of
+the last 8 blocks (Sinkhorn-normalised, symmetrised, squared) restricted to the boxes around the
+CAM above λ·max.
+
+What is computed once here, and per query in the official code (§5.1): the trunk and the affinity
+run once per image (not once per step); all queries' gradients come from one batched
+vector-Jacobian product over a single forward of the last block; one matmul refines every query.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from autolabel.errors import ModelLoadError
+
+AFFINITY_LAYERS = 8  # CLIP-ES averages the attention of the last 8 blocks
+SINKHORN_ROUNDS = 3  # column- then row-normalisation, three times
+# The official ViT wrapper tells text from image tokens by the sequence length: a token
+# sequence of this length runs all blocks in the trunk (car.md §5.3); reproduced under parity.
+TEXT_CONTEXT = 77
+# Bound on the per-chunk autograd workspace of the batched Grad-CAM (heads x n x n per query).
+GRAD_CHUNK_BYTES = 512 * 2**20
+
+
+def check_plain_vit(visual: torch.nn.Module, role: str) -> None:
+    """Raise ModelLoadError unless `visual` is an open_clip ViT that CaR can run block by block."""
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "ln_post", "proj")
+    ok = blocks is not None and all(getattr(visual, n, None) is not None for n in needed)
+    ok = ok and getattr(visual, "attn_pool", None) is None
+    ok = ok and all(
+        isinstance(getattr(b, "attn", None), torch.nn.MultiheadAttention) and b.attn.batch_first
+        for b in blocks
+    )
+    if not ok:
+        raise ModelLoadError(
+            f"CaR's {role} needs a plain open_clip ViT CLIP (conv patch embedding, standard "
+            "attention blocks, class token, projection); this model is not one"
+        )
+
+
+def grid_size(visual: torch.nn.Module) -> tuple[int, int]:
+    """The positional-embedding grid the model was trained at."""
+    return tuple(int(g) for g in visual.grid_size)
+
+
+def position_embedding(visual: torch.nn.Module, grid: tuple[int, int]) -> torch.Tensor:
+    """(1 + h*w, C) positional embedding bilinearly resized to `grid`, rounded through fp16.
+
+    The official code resizes with F.upsample (align_corners False) and stores the result as
+    fp16 even on CPU (car.md addendum, item 1); the rounding is kept so outputs match.
+    """
+    pos = visual.positional_embedding
+    cls, patches = pos[:1], pos[1:]
+    channels = pos.shape[1]
+    trained = grid_size(visual)
+    patches = patches.T.reshape(1, channels, *trained)
+    patches = F.interpolate(patches, size=grid, mode="bilinear", align_corners=False)
+    patches = patches.reshape(channels, -1).T
+    return torch.cat([cls, patches]).half().to(pos.dtype)
+
+
+def embed_tokens(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Normalised pixels (B, 3, H, W) -> tokens (B, 1 + n, C) entering the first block."""
+    x = visual.conv1(pixels)
+    grid = tuple(x.shape[-2:])
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + position_embedding(visual, grid).to(x.dtype)
+    return visual.ln_pre(x)
+
+
+def block_forward(
+    block: torch.nn.Module, x: torch.Tensor, normed: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One residual block; returns its output and its head-averaged attention (B, T, T).
+
+    `normed` is ln_1(x) when the caller needs that tensor (the Grad-CAM layer). Attention runs
+    through nn.MultiheadAttention with need_weights=True, the official code's arithmetic.
+    """
+    y = block.ln_1(x) if normed is None else normed
+    out, weights = block.attn(y, y, y, need_weights=True)
+    x = x + block.ls_1(out)
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x, weights
+
+
+def trunk_depth(visual: torch.nn.Module, tokens: int, parity: bool) -> int:
+    """How many blocks run before the last one: L-1, or L for the official length-77 quirk."""
+    layers = len(visual.transformer.resblocks)
+    return layers if parity and tokens == TEXT_CONTEXT else layers - 1
+
+
+@dataclass
+class CamImage:
+    """What f keeps about one image between recurrent steps (computed once per image)."""
+
+    tokens: torch.Tensor  # (1, 1 + n, C) input of the Grad-CAM block
+    attention: list[torch.Tensor]  # trunk attention maps (n+1 x n+1) among the last 8
+    grid: tuple[int, int]  # patch grid (h, w)
+    size: tuple[int, int]  # output (H, W): the image's own size
+    affinity: torch.Tensor | None = None  # (n, n), set at the first Grad-CAM pass
+
+
+def cam_pixels(
+    image: np.ndarray,
+    patch: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    max_side: int | None,
+) -> torch.Tensor:
+    """(1, 3, H', W') CAM input: PIL bicubic resize up to multiples of the patch size, normalised.
+
+    max_side (optional) first bounds the longer side, because the affinity grows as n^2 and n^3.
+    """
+    h, w = image.shape[:2]
+    scale = 1.0 if not max_side or max(h, w) <= max_side else max_side / max(h, w)
+    size = [int(math.ceil(scale * h / patch) * patch), int(math.ceil(scale * w / patch) * patch)]
+    resized = TF.resize(Image.fromarray(image), size, interpolation=InterpolationMode.BICUBIC)
+    return TF.normalize(TF.to_tensor(resized), mean, std)[None]
+
+
+@torch.no_grad()
+def encode_cam_images(
+    visual: torch.nn.Module, pixels: torch.Tensor, sizes: list[tuple[int, int]], parity: bool
+) -> list[CamImage]:
+    """Run the trunk once for a batch of same-size CAM inputs."""
+    x = embed_tokens(visual, pixels)
+    depth = trunk_depth(visual, x.shape[1], parity)
+    # Affinity maps: the last AFFINITY_LAYERS of the trunk's maps plus the Grad-CAM block's.
+    first_kept = depth + 1 - AFFINITY_LAYERS
+    maps: list[torch.Tensor] = []
+    for index in range(depth):
+        x, weights = block_forward(visual.transformer.resblocks[index], x)
+        if index >= first_kept:
+            maps.append(weights)
+    grid = (pixels.shape[-2] // visual.conv1.stride[0], pixels.shape[-1] // visual.conv1.stride[1])
+    return [
+        CamImage(x[i : i + 1], [m[i] for m in maps], grid, size) for i, size in enumerate(sizes)
+    ]
+
+
+def sinkhorn_affinity(maps: list[torch.Tensor]) -> torch.Tensor:
+    """(n, n) transition matrix from (1+n)^2 attention maps: mean, Sinkhorn, symmetrise, square."""
+    attn = torch.stack([m[1:, 1:] for m in maps]).mean(dim=0)
+    trans = attn
+    for _ in range(SINKHORN_ROUNDS):
+        trans = trans / trans.sum(dim=0, keepdim=True)
+        trans = trans / trans.sum(dim=1, keepdim=True)
+    trans = (trans + trans.T) / 2
+    return trans @ trans
+
+
+def minmax(cams: torch.Tensor) -> torch.Tensor:
+    """Per-row min-max normalisation of (N, ...) maps with CLIP-ES's 1e-15 guard."""
+    flat = cams.flatten(1)
+    flat = flat - flat.min(dim=1, keepdim=True).values
+    flat = flat / (1e-15 + flat.max(dim=1, keepdim=True).values)
+    return flat.view_as(cams)
+
+
+def _last_block(
+    visual: torch.nn.Module, image: CamImage, text: torch.Tensor, logit_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward of the Grad-CAM block with its ln_1 output as a leaf.
+
+    Returns (ln_1 output, image vector, attention of this block, probabilities over `text`).
+    """
+    block = visual.transformer.resblocks[-1]
+    normed = block.ln_1(image.tokens).detach().requires_grad_(True)
+    x, weights = block_forward(block, image.tokens, normed)
+    pooled = visual.ln_post(x)[:, 1:].mean(dim=1) @ visual.proj
+    pooled = pooled / pooled.norm(dim=-1, keepdim=True)
+    probs = (logit_scale * pooled @ text.T).softmax(dim=-1)[0]
+    return normed, pooled, weights[0], probs
+
+
+def _cams_from_grads(normed: torch.Tensor, grads: torch.Tensor, grid: tuple[int, int]):
+    """Grad-CAM: channel weights = mean gradient over patches; ReLU(weighted activations)."""
+    weights = grads[:, 1:].mean(dim=1)  # (N, C); the class token is not part of the map
+    cams = (normed.detach()[0, 1:] @ weights.T).T.clamp_min(0)
+    return minmax(cams.reshape(len(cams), *grid))
+
+
+def _batched_cams(
+    normed: torch.Tensor, probs: torch.Tensor, rows: list[int], grid: tuple[int, int], heads: int
+) -> tuple[torch.Tensor, int]:
+    """Grad-CAMs of probs[rows] by batched vector-Jacobian products; returns (cams, backwards)."""
+    tokens = normed.shape[1]
+    chunk = max(1, GRAD_CHUNK_BYTES // (heads * tokens * tokens * 4))
+    eye = torch.eye(len(probs), dtype=probs.dtype, device=probs.device)
+    cams, passes = [], 0
+    for start in range(0, len(rows), chunk):
+        cotangents = eye[rows[start : start + chunk]]
+        (grads,) = torch.autograd.grad(
+            probs, normed, cotangents, retain_graph=True, is_grads_batched=True
+        )
+        cams.append(_cams_from_grads(normed, grads[:, 0], grid))
+        passes += 1
+    return torch.cat(cams), passes
+
+
+def grad_cams(
+    visual: torch.nn.Module,
+    image: CamImage,
+    foreground: torch.Tensor,
+    background: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> tuple[torch.Tensor, int]:
+    """CLIP-ES Grad-CAMs (N, h, w) in [0, 1] of all foreground texts at once; and #backwards.
+
+    A CAM that is all zero is recomputed with the softmax over the foreground texts only, as in
+    CLIP-ES. Sets image.affinity from this block's attention on the first call.
+    """
+    text = torch.cat([foreground, background])
+    heads = visual.transformer.resblocks[-1].attn.num_heads
+    with torch.enable_grad():
+        normed, pooled, weights, probs = _last_block(visual, image, text, logit_scale)
+        if image.affinity is None:
+            image.affinity = sinkhorn_affinity([*image.attention, weights.detach()])
+        rows = list(range(len(foreground)))
+        cams, passes = _batched_cams(normed, probs, rows, image.grid, heads)
+        empty = [i for i in rows if float(cams[i].max()) == 0.0]
+        if empty and len(background):
+            fg_probs = (logit_scale * pooled @ foreground.T).softmax(dim=-1)[0]
+            redo, more = _batched_cams(normed, fg_probs, empty, image.grid, heads)
+            cams[empty] = redo
+            passes += more
+    return cams.detach(), passes
+
+
+def grad_cam_single(
+    visual: torch.nn.Module,
+    image: CamImage,
+    foreground: torch.Tensor,
+    background: torch.Tensor,
+    logit_scale: torch.Tensor,
+    index: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference path: one query's Grad-CAM (h, w) from its own forward and backward pass.
+
+    Also returns the block's attention map (the official code takes it from query 0's pass).
+    """
+    with torch.enable_grad():
+        normed, _, weights, probs = _last_block(
+            visual, image, torch.cat([foreground, background]), logit_scale
+        )
+        (grad,) = torch.autograd.grad(probs[index], normed)
+        cam = _cams_from_grads(normed, grad, image.grid)[0]
+        if float(cam.max()) == 0.0 and len(background):
+            normed, _, _, probs = _last_block(visual, image, foreground, logit_scale)
+            (grad,) = torch.autograd.grad(probs[index], normed)
+            cam = _cams_from_grads(normed, grad, image.grid)[0]
+    return cam.detach(), weights.detach()
+
+
+def box_mask(cam: np.ndarray, threshold: float) -> np.ndarray:
+    """CLIP-ES box mask B_c on the patch grid: union of the boxes around the CAM above λ·max.
+
+    Same steps as the official scoremap2bbox: uint8 scores, threshold lowered by 0.1 until
+    something passes, every contour's bounding box; the exclusive box end is clamped to the last
+    row/column index, so a box touching the bottom or right edge leaves that edge out.
+    """
+    height, width = cam.shape
+    scores = (cam * 255).astype(np.uint8)
+    level = threshold
+    while True:
+        _, binary = cv2.threshold(scores, int(level * scores.max()), 255, cv2.THRESH_BINARY)
+        if binary.max() > 0 or level <= 0:
+            break
+        level -= 0.1
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    box = np.zeros((height, width), dtype=np.float32)
+    for contour in contours:
+        x, y, w, h = cv2.boundingRect(contour)
+        box[y : min(y + h, height - 1), x : min(x + w, width - 1)] = 1.0
+    return box
+
+
+@torch.no_grad()
+def refine(affinity: torch.Tensor, cams: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Class-aware affinity refinement of all CAMs at once: minmax(T @ (B_c ⊙ cam_c))."""
+    n = affinity.shape[0]
+    masked = (cams * boxes).reshape(len(cams), n)
+    return minmax((affinity @ masked.T).T.reshape(cams.shape))
+
+
+@torch.no_grad()
+def refine_single(maps: list[torch.Tensor], cam: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """Reference path: the official per-query refinement, rebuilding T and masking its columns."""
+    trans = sinkhorn_affinity(maps) * box.reshape(1, -1)
+    return minmax((trans @ cam.reshape(-1, 1)).reshape(1, *cam.shape))[0]
+
+
+def upsample(cams: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) grid maps to (N, H, W) float32 with OpenCV's bilinear resize, as CLIP-ES does."""
+    height, width = size
+    grid = cams.cpu().numpy().astype(np.float32)
+    out = np.empty((len(grid), height, width), dtype=np.float32)
+    for i, cam in enumerate(grid):
+        out[i] = cv2.resize(cam, (width, height))
+    return out

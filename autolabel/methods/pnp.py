@@ -1,0 +1,530 @@
+"""`pnp`: PnP-OVSS (Luo et al., CVPR 2024) on a BLIP or BridgeTower image-text-matching model.
+
+One prompt holds the class names. Each class's map is the chosen cross-attention head's weights
+from its tokens to the image patches, times the positive gradient of the ITM "match" logit
+(GradCAM). Salience DropOut reruns this with the most salient patches blanked out and sums the
+maps. Then: relative threshold, upsampling, Gaussian blur, dense CRF, argmax with a background
+channel. Defaults follow the authors' updated ("bug-corrected") code; the section numbers cited
+are those of shared/reference/pnp_ovss.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from autolabel.errors import UsageError
+from autolabel.methods.base import SegResult
+from autolabel.methods.dense import DEFAULT_TEMPLATES
+from autolabel.models.blip import DEFAULT_BLIP, ItmModel, load_itm
+from autolabel.models.clip import ClipModel, load_clip
+from autolabel.refine.crf import CRFParams, dense_crf
+from autolabel.vocab import Vocabulary
+
+# The updated code's dense-CRF constants (§1.7): Gaussian sxy 3 / compat 7, bilateral sxy 50,
+# srgb 5, compat 10, 10 mean-field iterations.
+PNP_CRF = CRFParams(
+    iterations=10,
+    gaussian_sxy=3.0,
+    gaussian_compat=7.0,
+    bilateral_sxy=50.0,
+    bilateral_srgb=5.0,
+    bilateral_compat=10.0,
+)
+SCHEDULES = ("fixed", "halving")
+FILLS = ("mean", "black")
+CLASS_FILTERS = ("clip", "all")
+# Keys the runner may pass to every method; pnp has no use for them.
+IGNORED_KEYS = {"parity", "classifier_model", "classifier_pretrained", "classifier_checkpoint"}
+
+
+@dataclass(frozen=True)
+class PnPSettings:
+    """Settings of the pnp method; each default cites where it comes from."""
+
+    model: str = DEFAULT_BLIP  # §1.1
+    resolution: int = 336  # updated code's image_size (§1.1); the CVPR-era code used 768
+    layer: int = 7  # --max_att_block_num 8, 0-based 7: the 8th of 12 text layers (§1.3)
+    head: int | None = 9  # --prune_att_head 9, 0-based (§1.3); None = mean over heads
+    threshold: float = 0.15  # Run_seg*.sh --threshold (§1.5)
+    blur_sigma: float = 0.05  # sigma = 0.05 * max(H, W) pixels (§1.6); 0 disables the blur
+    dropout_passes: int = 4  # updated code: 4 passes (§1.4); CVPR-era: 5
+    dropout_schedule: str = "fixed"  # fixed: dropout_patches per pass; halving: N/2^(t+1) (§1.4)
+    dropout_patches: int = 10  # save_len = 10 (§1.4)
+    drop_fill: str = "mean"  # mean: 0 after normalisation (updated); black: 0 before (CVPR-era)
+    normalize_passes: bool = False  # CVPR-era min-max normalised each pass's maps (§1.4)
+    first_pass_weight: float = 2.0  # both codes add pass 0 twice (§1.4)
+    prompt_prefix: str = "A picture of "  # §1.2
+    join_words: bool = True  # "potted plant" -> "pottedplant", as the authors' class lists (§1.2)
+    enc_token: bool = True  # BLIP: [ENC] replaces [CLS] as in LAVIS ITM (§1.2, §4.1)
+    class_filter: str = "clip"  # clip: CLIP presence filter; all: every class in the prompt
+    presence_threshold: float = 0.1  # CLIP probability a class needs to enter the prompt
+    clip_model: str = "ViT-B-16"
+    clip_pretrained: str | None = "openai"
+    clip_checkpoint: str | None = None
+    softmax: bool = True  # updated code: softmax over channels before the CRF unary (§1.7)
+    crf: CRFParams | None = PNP_CRF  # None: no CRF
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> PnPSettings:
+        """Build from recipe settings; unknown keys and wrong types are UsageErrors."""
+        for key in ("pretrained", "checkpoint"):
+            if settings.get(key) is not None:
+                raise UsageError(
+                    f"method pnp: --{key} does not apply; pass a Hugging Face model id or a "
+                    "folder written by save_pretrained with --model"
+                )
+        known = {f.name for f in fields(cls)}
+        unknown = set(settings) - known - IGNORED_KEYS - {"pretrained", "checkpoint"}
+        if unknown:
+            raise UsageError(
+                f"method pnp: unknown setting(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        values = {k: v for k, v in settings.items() if k in known}
+        if "crf" in values:
+            values["crf"] = _crf_params(values["crf"])
+        defaults = cls()
+        for key, value in values.items():
+            _check_type(key, value, getattr(defaults, key))
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Range and choice checks that need no model."""
+        choices = {
+            "dropout_schedule": SCHEDULES,
+            "drop_fill": FILLS,
+            "class_filter": CLASS_FILTERS,
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UsageError(
+                    f"method pnp: settings.{key} is {getattr(self, key)!r}; "
+                    f"choose one of {', '.join(allowed)}"
+                )
+        for key in ("threshold", "presence_threshold"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise UsageError(f"method pnp: settings.{key} must be between 0 and 1")
+        if self.blur_sigma < 0 or self.dropout_patches < 0 or self.first_pass_weight < 0:
+            raise UsageError(
+                "method pnp: blur_sigma, dropout_patches and first_pass_weight cannot be negative"
+            )
+        if self.dropout_passes < 1 or self.resolution < 1:
+            raise UsageError("method pnp: dropout_passes and resolution must be at least 1")
+
+
+def _crf_params(value: Any) -> CRFParams | None:
+    if value is False or value is None:
+        return None
+    if value is True:
+        return PNP_CRF
+    if not isinstance(value, dict):
+        raise UsageError("method pnp: settings.crf must be true, false or a mapping of CRF params")
+    known = {f.name for f in fields(CRFParams)}
+    unknown = set(value) - known
+    if unknown:
+        raise UsageError(
+            f"method pnp: unknown crf key(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    merged = {**asdict(PNP_CRF), **value}
+    for key, default in asdict(PNP_CRF).items():
+        _check_type(f"crf.{key}", merged[key], default)
+    return CRFParams(**merged)
+
+
+# Settings that may also be null (YAML `~`): head = mean over heads; no CLIP weights.
+OPTIONAL_KEYS = {"head", "clip_pretrained", "clip_checkpoint"}
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    if isinstance(default, CRFParams) or (value is None and key in OPTIONAL_KEYS):
+        return
+    if default is None or isinstance(default, str):
+        expected: tuple[type, ...] = (str,)
+    elif isinstance(default, float):
+        expected = (int, float)
+    else:
+        expected = (type(default),)
+    if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+        name = "number" if float in expected else expected[0].__name__
+        raise UsageError(f"method pnp: settings.{key} is {value!r}; expected a {name}")
+
+
+# ----------------------------------------------------------------------------- prompt
+
+
+@dataclass
+class Prompt:
+    """One text prompt and, per class in it, the character spans of that class's words."""
+
+    text: str
+    classes: list[int]  # vocabulary indices (0-based), prompt order
+    spans: list[list[tuple[int, int]]]
+
+
+def build_prompt(vocab: Vocabulary, classes: list[int], prefix: str, join_words: bool) -> Prompt:
+    """Prefix + every prompt word (name and synonyms) of each class, separated by spaces (§1.2)."""
+    text = prefix
+    spans: list[list[tuple[int, int]]] = []
+    for index in classes:
+        own = []
+        for word in vocab.classes[index].prompts:
+            if join_words:
+                word = word.replace(" ", "").replace("-", "")
+            if text and not text.endswith(" "):
+                text += " "
+            own.append((len(text), len(text) + len(word)))
+            text += word
+        spans.append(own)
+    return Prompt(text, list(classes), spans)
+
+
+def encode_prompts(
+    itm: ItmModel, prompts: list[Prompt], enc_token: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids (R, T), attention mask (R, T) and class weights (R, Kmax, T).
+
+    weights[r, k] averages the tokens of prompt r's class k: the mean over word pieces of §1.2,
+    found from character offsets so that WordPiece and BPE tokenizers both work.
+    """
+    enc = itm.tokenizer(
+        [p.text for p in prompts], padding=True, return_offsets_mapping=True, return_tensors="pt"
+    )
+    offsets = enc["offset_mapping"]
+    kmax = max(len(p.classes) for p in prompts)
+    weights = torch.zeros(len(prompts), kmax, offsets.shape[1])
+    for r, prompt in enumerate(prompts):
+        starts, ends = offsets[r, :, 0], offsets[r, :, 1]
+        real = ends > starts  # special and padding tokens have empty offsets
+        for k, spans in enumerate(prompt.spans):
+            hit = torch.zeros_like(real)
+            for s, e in spans:
+                hit |= real & (starts < e) & (ends > s)
+            if not hit.any():
+                raise UsageError(f"class {prompt.text[spans[0][0] : spans[0][1]]!r} has no tokens")
+            weights[r, k, hit] = 1.0 / float(hit.sum())
+    ids = enc["input_ids"].clone()
+    if enc_token and itm.enc_token_id is not None:
+        ids[:, 0] = itm.enc_token_id
+    dev = itm.device
+    return ids.to(dev), enc["attention_mask"].to(dev), weights.to(dev)
+
+
+def split_to_fit(
+    itm: ItmModel, vocab: Vocabulary, classes: list[int], prefix: str, join_words: bool
+) -> list[Prompt]:
+    """One prompt for the classes, or halves of the list until each fits the text encoder."""
+    prompt = build_prompt(vocab, classes, prefix, join_words)
+    if len(itm.tokenizer(prompt.text)["input_ids"]) <= itm.max_text_tokens:
+        return [prompt]
+    if len(classes) == 1:
+        raise UsageError(
+            f"class {vocab.classes[classes[0]].name!r}: its name and synonyms are longer than "
+            f"the {itm.max_text_tokens} tokens the text encoder takes"
+        )
+    half = len(classes) // 2
+    return split_to_fit(itm, vocab, classes[:half], prefix, join_words) + split_to_fit(
+        itm, vocab, classes[half:], prefix, join_words
+    )
+
+
+# ---------------------------------------------------------------- GradCAM and DropOut
+
+
+def gradcam(
+    itm: ItmModel,
+    pixels: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layer: int,
+    head: int | None,
+) -> torch.Tensor:
+    """Cross-attention x positive gradient of the match logit, per text token: (R, T, N) >= 0.
+
+    The image CLS column is dropped and padding rows are zeroed (§1.3).
+    """
+    logits, attention = itm.match_logits_and_attention(pixels, input_ids, attention_mask, layer)
+    (grad,) = torch.autograd.grad(logits.sum(), attention)
+    cam = attention[..., 1:] * grad[..., 1:].clamp(min=0)
+    cam = cam[:, head] if head is not None else cam.mean(dim=1)
+    return (cam.clamp(min=0) * attention_mask[:, :, None]).detach()
+
+
+def drop_schedule(schedule: str, passes: int, patches: int, total: int) -> list[int]:
+    """How many patches are dropped after each pass but the last (§1.4)."""
+    if schedule == "halving":
+        return [total // 2 ** (t + 1) for t in range(passes - 1)]
+    return [patches] * (passes - 1)
+
+
+def drop_patches(
+    pixels: torch.Tensor, dropped: torch.Tensor, patch: int, fill: torch.Tensor
+) -> torch.Tensor:
+    """Replace each dropped patch (R, N bool, row-major grid) by the fill colour (3,)."""
+    rows, _, size, _ = pixels.shape
+    grid = size // patch
+    mask = dropped.view(rows, 1, grid, grid).float()
+    mask = F.interpolate(mask, scale_factor=patch, mode="nearest")
+    return pixels * (1 - mask) + fill.view(1, 3, 1, 1) * mask
+
+
+@dataclass
+class DropoutRun:
+    """Aggregated class maps and, for inspection, each pass's maps and dropped patches."""
+
+    maps: torch.Tensor  # (R, Kmax, N) summed over passes
+    pass_maps: list[torch.Tensor]  # per pass (R, Kmax, N), after zeroing dropped patches
+    pass_salience: list[torch.Tensor]  # per pass (R, N) class-agnostic salience
+    dropped: list[torch.Tensor]  # per pass (R, N) bool: patches blanked in that pass's input
+
+
+def salience_dropout(
+    itm: ItmModel,
+    pixels: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    weights: torch.Tensor,
+    cfg: PnPSettings,
+) -> DropoutRun:
+    """GradCAM passes, each with the most salient patches so far blanked out; maps summed (§1.4)."""
+    rows, _, size, _ = pixels.shape
+    patch = itm.patch_size
+    total_patches = (size // patch) ** 2
+    schedule = drop_schedule(
+        cfg.dropout_schedule, cfg.dropout_passes, cfg.dropout_patches, total_patches
+    )
+    mean = torch.tensor(itm.mean, device=pixels.device)
+    std = torch.tensor(itm.std, device=pixels.device)
+    fill = torch.zeros(3, device=pixels.device) if cfg.drop_fill == "mean" else -mean / std
+    class_tokens = (weights > 0).any(dim=1).float()  # (R, T)
+    dropped = torch.zeros(rows, total_patches, dtype=torch.bool, device=pixels.device)
+    total = torch.zeros(rows, weights.shape[1], total_patches, device=pixels.device)
+    run = DropoutRun(total, [], [], [])
+    for t in range(cfg.dropout_passes):
+        run.dropped.append(dropped.clone())
+        x = drop_patches(pixels, dropped, patch, fill)
+        cam = gradcam(itm, x, input_ids, attention_mask, cfg.layer, cfg.head)
+        maps = weights @ cam  # (R, K, N): mean over each class's tokens
+        if cfg.normalize_passes:
+            maps = _minmax(maps)
+        maps = maps.masked_fill(dropped[:, None, :], 0.0)
+        total += (cfg.first_pass_weight if t == 0 else 1.0) * maps
+        salience = (cam * class_tokens[:, :, None]).sum(dim=1).masked_fill(dropped, -torch.inf)
+        run.pass_maps.append(maps)
+        run.pass_salience.append(salience)
+        if t < len(schedule):
+            count = min(schedule[t], total_patches - int(dropped[0].sum()))
+            if count > 0:
+                dropped = dropped.scatter(1, salience.topk(count, dim=1).indices, True)
+    return run
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    """Min-max to [0, 1] along the last axis; constant rows become 0. Scale-free on purpose:
+    GradCAM values of small or random models can be ~1e-14."""
+    lo = x.amin(dim=-1, keepdim=True)
+    span = x.amax(dim=-1, keepdim=True) - lo
+    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0), 0.0)
+
+
+# ----------------------------------------------------------------------- refinement
+
+
+def refine(maps: torch.Tensor, image: np.ndarray, cfg: PnPSettings) -> np.ndarray:
+    """Class maps (k, P, P) -> probabilities (k+1, H, W), channel 0 background (§1.5-§1.7)."""
+    height, width = image.shape[:2]
+    # Relative threshold: min-max to [0, 1], keep pixels >= tau with their raw values (§1.5).
+    kept = torch.where(_minmax(maps.flatten(1)).view_as(maps) >= cfg.threshold, maps, 0.0)
+    # Background where no class survived (§1.7, updated code).
+    background = (kept.amax(dim=0, keepdim=True) <= 0).float()
+    stack = torch.cat([background, kept])[None].float().cpu()
+    up = F.interpolate(stack, size=(height, width), mode="bilinear", align_corners=True)[0]
+    channels = up.numpy().astype(np.float32)
+    if cfg.blur_sigma > 0:
+        sigma = cfg.blur_sigma * max(height, width)
+        channels = np.stack([gaussian_filter(c, sigma) for c in channels])
+    channels = _minmax(torch.from_numpy(channels).flatten(1)).view(channels.shape).numpy()
+    if cfg.softmax:
+        channels = torch.from_numpy(channels).softmax(dim=0).numpy()
+    if cfg.crf is not None:
+        return dense_crf(image, channels, cfg.crf)
+    return channels / np.maximum(channels.sum(axis=0, keepdims=True), 1e-12)
+
+
+# ----------------------------------------------------------------- CLIP presence filter
+
+
+def clip_inputs(clip: ClipModel, images: list[np.ndarray]) -> torch.Tensor:
+    """Squash-resize each image to CLIP's input size: (B, 3, S, S) floats in [0, 1]."""
+    size = clip.image_size
+    arrays = [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    return batch.to(clip.device)
+
+
+@torch.no_grad()
+def clip_probabilities(
+    clip: ClipModel, normalized: torch.Tensor, text: torch.Tensor
+) -> torch.Tensor:
+    """Softmax over the text rows (M, D) for each normalised image (B, 3, S, S): (B, M)."""
+    feats = clip.model.encode_image(normalized).float()
+    feats = feats / feats.norm(dim=-1, keepdim=True)
+    scale = clip.model.logit_scale.exp().float() if hasattr(clip.model, "logit_scale") else 100.0
+    return (scale * feats @ text.T).softmax(dim=-1)
+
+
+def class_text(clip: ClipModel, vocab: Vocabulary) -> tuple[torch.Tensor, list[int]]:
+    """Template-averaged embeddings of every class prompt then every background word, and the
+    class index (1-based; 0 = background word) of each row."""
+    words = [p for c in vocab.classes for p in c.prompts] + list(vocab.background)
+    owners = [i + 1 for i, c in enumerate(vocab.classes) for _ in c.prompts]
+    owners += [0] * len(vocab.background)
+    return clip.encode_templates(words, list(DEFAULT_TEMPLATES)), owners
+
+
+def clip_presence(clip: ClipModel, images: list[np.ndarray], vocab: Vocabulary) -> np.ndarray:
+    """Image-level probability of each class (B, K): CLIP's softmax over every class prompt and
+    background word, summed over each class's prompts."""
+    text, owners = class_text(clip, vocab)
+    probs = clip_probabilities(clip, clip.normalize(clip_inputs(clip, images)), text)
+    owner = torch.tensor(owners, device=probs.device)
+    per_class = torch.stack([probs[:, owner == k + 1].sum(dim=1) for k in range(len(vocab))], dim=1)
+    return per_class.cpu().numpy()
+
+
+# ---------------------------------------------------------------------- the method
+
+
+class PnPSegmenter:
+    """The `pnp` method: PnP-OVSS on a BLIP or BridgeTower ITM model."""
+
+    name = "pnp"
+
+    def __init__(self, cfg: PnPSettings, device: str) -> None:
+        self.cfg = cfg
+        self.itm = load_itm(cfg.model, device)
+        itm = self.itm
+        if cfg.resolution % itm.patch_size:
+            raise UsageError(
+                f"method pnp: settings.resolution {cfg.resolution} is not a multiple of the "
+                f"model's patch size {itm.patch_size} (e.g. {itm.patch_size * 21})"
+            )
+        # The last layer only feeds the ITM head through token 0, so class tokens get no
+        # gradient there (§4.3).
+        if not 0 <= cfg.layer < itm.num_layers - 1:
+            raise UsageError(
+                f"method pnp: settings.layer {cfg.layer} is out of range; {itm.name} has "
+                f"{itm.num_layers} cross-attention layers and layers 0..{itm.num_layers - 2} "
+                "give class-token gradients"
+            )
+        if cfg.head is not None and not 0 <= cfg.head < itm.num_heads:
+            raise UsageError(
+                f"method pnp: settings.head {cfg.head} is out of range; {itm.name} has "
+                f"{itm.num_heads} heads (0..{itm.num_heads - 1})"
+            )
+        self.clip: ClipModel | None = None
+        if cfg.class_filter == "clip":
+            self.clip = load_clip(cfg.clip_model, cfg.clip_pretrained, cfg.clip_checkpoint, device)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings and model provenance for run.json."""
+        info: dict[str, Any] = {
+            "method": self.name,
+            "settings": asdict(self.cfg),
+            "backbone": {"name": self.itm.name, "kind": self.itm.kind},
+        }
+        if self.clip is not None:
+            info["presence_filter"] = {"name": self.clip.name, "weights": self.clip.source}
+        return info
+
+    def segment_batch(self, images: list[np.ndarray], vocab: Vocabulary) -> list[SegResult]:
+        """Segment each image; all prompts of the batch share the forward/backward passes."""
+        cfg = self.cfg
+        presence = clip_presence(self.clip, images, vocab) if self.clip is not None else None
+        everything = list(range(len(vocab)))
+        chosen = [
+            everything
+            if presence is None
+            else np.flatnonzero(presence[i] >= cfg.presence_threshold).tolist()
+            for i in range(len(images))
+        ]
+        prompts: list[Prompt] = []
+        owners: list[int] = []
+        for index, classes in enumerate(chosen):
+            if classes:
+                found = split_to_fit(self.itm, vocab, classes, cfg.prompt_prefix, cfg.join_words)
+                prompts += found
+                owners += [index] * len(found)
+        maps: list[torch.Tensor] = []
+        if prompts:
+            ids, mask, weights = encode_prompts(self.itm, prompts, cfg.enc_token)
+            pixels = self._pixels(images)[owners]
+            maps = list(salience_dropout(self.itm, pixels, ids, mask, weights, cfg).maps)
+        grid = cfg.resolution // self.itm.patch_size
+        results = []
+        for index, image in enumerate(images):
+            mine = [r for r, owner in enumerate(owners) if owner == index]
+            classes = [c for r in mine for c in prompts[r].classes]
+            class_maps = [maps[r][: len(prompts[r].classes)] for r in mine]
+            stacked = (
+                torch.cat(class_maps).view(-1, grid, grid)
+                if class_maps
+                else torch.zeros(0, grid, grid)
+            )
+            scores = None if presence is None else presence[index]
+            results.append(self._result(stacked, classes, image, len(vocab), scores))
+        return results
+
+    def _pixels(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Squash-resize to resolution x resolution, bicubic, then normalise (§1.1)."""
+        size = self.cfg.resolution
+        arrays = [
+            np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images
+        ]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+        mean = torch.tensor(self.itm.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.itm.std).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.itm.device)
+
+    def _result(
+        self,
+        maps: torch.Tensor,
+        classes: list[int],
+        image: np.ndarray,
+        num_classes: int,
+        presence: np.ndarray | None,
+    ) -> SegResult:
+        height, width = image.shape[:2]
+        probs = np.zeros((num_classes + 1, height, width), dtype=np.float32)
+        if not classes:
+            probs[0] = 1.0
+            labels = np.zeros((height, width), dtype=np.int32)
+        else:
+            local = refine(maps, image, self.cfg)
+            channel = np.array([0] + [c + 1 for c in classes])
+            probs[channel] = local
+            labels = channel[local.argmax(axis=0)].astype(np.int32)
+        if presence is not None:
+            scores = np.where(np.isin(np.arange(num_classes), classes), presence, 0.0)
+        else:
+            scores = probs[1:].reshape(num_classes, -1).max(axis=1)
+        return SegResult(
+            labels=labels,
+            scores=scores.astype(np.float32),
+            probs=probs,
+            extras={"prompt_classes": [c + 1 for c in classes]},
+        )
+
+
+def build(settings: dict[str, Any], device: str) -> PnPSegmenter:
+    """Factory used by the method registry."""
+    return PnPSegmenter(PnPSettings.from_dict(settings), device)

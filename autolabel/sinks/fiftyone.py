@@ -1,0 +1,480 @@
+"""FiftyOne: push a run as samples, segment samples in place, score reviewed labels against ours.
+
+The FiftyOne plugin (integrations/fiftyone) and `autolabel push fiftyone` both call these
+functions; nothing here talks to the App. Every field written has a custom run with the same
+key recording the settings that produced it (`dataset.get_run_info(key).config`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import fiftyone as fo
+import numpy as np
+from fiftyone.core.collections import SampleCollection
+
+from autolabel import __version__
+from autolabel.config import ResolvedRun, RunConfig
+from autolabel.errors import UsageError
+from autolabel.images import ImageEntry, LoadError, load_image
+from autolabel.instances import Instance, instances_from_labels, semantic_from_instances
+from autolabel.methods.base import build_segmenter
+from autolabel.resize import resize_labels
+from autolabel.runner import _segment, package_versions
+from autolabel.vocab import Vocabulary
+
+INSTANCES_SUFFIX = "_instances"
+SEMANTIC_SUFFIX = "_semantic"
+CLASSES_SUFFIX = "_classes"
+WRITE_CHUNK = 256  # samples per database write when pushing
+MISTAKE_IOU = 0.5  # classes whose two masks overlap less than this are listed for review
+LABEL_TYPES = (fo.Detections, fo.Polylines, fo.Segmentation)
+
+
+def field_names(field_prefix: str) -> tuple[str, str]:
+    """The instances and semantic field names for a prefix (the prefix is also the run key)."""
+    if not field_prefix.isidentifier() or field_prefix.startswith("_"):
+        raise UsageError(
+            f"field {field_prefix!r}: use letters, digits and underscores, "
+            "not starting with a digit or an underscore"
+        )
+    return field_prefix + INSTANCES_SUFFIX, field_prefix + SEMANTIC_SUFFIX
+
+
+def to_detections(
+    instances: list[Instance], names: list[str], size: tuple[int, int]
+) -> fo.Detections:
+    """Instances as FiftyOne detections: relative boxes, masks cropped to the box, confidence.
+
+    The crop and box follow FiftyOne's own COCO importer, so a pushed run and an imported
+    annotations.json hold identical masks.
+    """
+    height, width = size
+    detections = []
+    for inst in instances:
+        x, y, w, h = (round(v) for v in inst.bbox)
+        detections.append(
+            fo.Detection(
+                label=names[inst.category_id - 1],
+                bounding_box=[x / width, y / height, w / width, h / height],
+                mask=inst.mask()[y : y + h, x : x + w],
+                confidence=inst.score,
+            )
+        )
+    return fo.Detections(detections=detections)
+
+
+def to_segmentation(instances: list[Instance], size: tuple[int, int]) -> fo.Segmentation:
+    """The semantic label map of the instances (the run's masks/*.png), stored in the database."""
+    labels = semantic_from_instances(instances, size)
+    top = int(labels.max()) if labels.size else 0
+    return fo.Segmentation(mask=labels.astype(np.uint8 if top < 256 else np.uint16))
+
+
+def record_run(
+    dataset: fo.Dataset, run_key: str, config: dict[str, Any], results: dict[str, Any]
+) -> None:
+    """Store provenance as a FiftyOne custom run, replacing an earlier run with the same key."""
+    dataset.register_run(run_key, dataset.init_run(**config), overwrite=True)
+    dataset.save_run_results(run_key, dataset.init_run_results(run_key, **results), overwrite=True)
+
+
+def _declare_fields(dataset: fo.Dataset, field_prefix: str, names: list[str]) -> None:
+    """Class lists and mask targets, so the App shows names instead of pixel values."""
+    instances_field, semantic_field = field_names(field_prefix)
+    dataset.classes = {**dataset.classes, instances_field: list(names)}
+    dataset.mask_targets = {
+        **dataset.mask_targets,
+        semantic_field: {i + 1: name for i, name in enumerate(names)},
+    }
+    dataset.save()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def open_dataset(name: str, persistent: bool = False) -> fo.Dataset:
+    """Load the named dataset or create it; persistent=True also makes an existing one persist."""
+    if not name.strip():
+        raise UsageError("--dataset: the dataset name is empty")
+    dataset = fo.load_dataset(name) if fo.dataset_exists(name) else fo.Dataset(name)
+    if persistent and not dataset.persistent:
+        dataset.persistent = True
+    return dataset
+
+
+# --- push -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutput:
+    """What push reads from an `autolabel run` folder."""
+
+    info: dict[str, Any]  # run.json
+    names: list[str]  # category names, id = index + 1
+    images: list[dict[str, Any]]  # COCO image records
+    annotations: dict[int, list[dict[str, Any]]]  # image id -> its annotations
+
+
+def read_run(out: Path) -> RunOutput:
+    """Read run.json and annotations.json, with errors that name the file."""
+    data = {}
+    for name in ("run.json", "annotations.json"):
+        path = out / name
+        if not path.is_file():
+            raise UsageError(f"{out}: no {name}; is this an `autolabel run` output folder?")
+        try:
+            data[name] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UsageError(f"{path}: cannot read it ({exc})") from exc
+    coco = data["annotations.json"]
+    try:
+        categories = sorted(coco["categories"], key=lambda c: c["id"])
+        by_image: dict[int, list[dict[str, Any]]] = {img["id"]: [] for img in coco["images"]}
+        for ann in coco["annotations"]:
+            by_image[ann["image_id"]].append(ann)
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"{out / 'annotations.json'}: not a COCO file ({exc!r})") from exc
+    return RunOutput(data["run.json"], [c["name"] for c in categories], coco["images"], by_image)
+
+
+@dataclass
+class PushSummary:
+    """What a push did."""
+
+    dataset: str
+    added: int
+    updated: int
+    instances: int
+    fields: tuple[str, str]
+    missing: list[str] = field(default_factory=list)  # images no longer on disk, not pushed
+
+
+def push_run(
+    out: Path, dataset_name: str, field_prefix: str = "autolabel", persistent: bool = False
+) -> PushSummary:
+    """Add a run's images as samples (absolute paths) and set its instance and semantic fields.
+
+    Samples are matched by file path, so pushing again updates the fields and adds no samples.
+    """
+    instances_field, semantic_field = field_names(field_prefix)
+    run = read_run(out)
+    root = Path(run.info.get("images_root", ""))
+    if not root.is_absolute() or not root.is_dir():
+        raise UsageError(
+            f"{out / 'run.json'}: images folder {str(root)!r} does not exist any more; "
+            "the samples must point at the images"
+        )
+    dataset = open_dataset(dataset_name, persistent)
+    present: list[tuple[str, dict[str, Any]]] = []
+    missing = []
+    for image in run.images:
+        path = os.path.normpath(root / image["file_name"])
+        if os.path.isfile(path):
+            present.append((path, image))
+        else:
+            missing.append(image["file_name"])
+    known = set(dataset.values("filepath"))
+    dataset.add_samples(
+        [
+            fo.Sample(
+                filepath=path,
+                metadata=fo.ImageMetadata(width=image["width"], height=image["height"]),
+            )
+            for path, image in present
+            if path not in known
+        ]
+    )
+    _declare_fields(dataset, field_prefix, run.names)
+    instance_count = 0
+    for start in range(0, len(present), WRITE_CHUNK):
+        detections, semantic = {}, {}
+        for path, image in present[start : start + WRITE_CHUNK]:
+            size = (image["height"], image["width"])
+            instances = [Instance.from_dict(a) for a in run.annotations[image["id"]]]
+            instance_count += len(instances)
+            detections[path] = to_detections(instances, run.names, size)
+            semantic[path] = to_segmentation(instances, size)
+        dataset.set_values(instances_field, detections, key_field="filepath")
+        dataset.set_values(semantic_field, semantic, key_field="filepath")
+    provenance = {
+        key: run.info.get(key)
+        for key in ("method", "recipe", "settings", "models", "vocabulary", "versions", "config")
+    }
+    record_run(
+        dataset,
+        field_prefix,
+        {
+            **provenance,
+            "source": "autolabel push",
+            "run_folder": os.fspath(out.resolve()),
+            "images_root": os.fspath(root),
+            "run_started": run.info.get("started"),
+            "fields": [instances_field, semantic_field],
+        },
+        {"images": len(present), "instances": instance_count, "pushed": _now()},
+    )
+    added = sum(1 for path, _ in present if path not in known)
+    return PushSummary(
+        dataset.name,
+        added,
+        len(present) - added,
+        instance_count,
+        (instances_field, semantic_field),
+        missing,
+    )
+
+
+# --- segment samples in place ---------------------------------------------------------------
+
+
+def resolve_method(
+    method: str | None = None,
+    recipe: str | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    checkpoint: str | None = None,
+) -> ResolvedRun:
+    """Method, settings and background words exactly as `autolabel run` would resolve them."""
+    # RunConfig.resolve never touches the folders; segmenting samples has none.
+    unused = Path()
+    config = RunConfig(
+        images=unused,
+        vocab=unused,
+        out=unused,
+        method=method or None,
+        recipe=recipe or None,
+        model=model or None,
+        pretrained=pretrained or None,
+        checkpoint=checkpoint or None,
+    )
+    return config.resolve()
+
+
+@dataclass
+class SegmentProgress:
+    """Where a segment_samples call stands; failed holds (file path, reason)."""
+
+    done: int
+    total: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def segment_samples(
+    collection: SampleCollection,
+    vocab: Vocabulary,
+    resolved: ResolvedRun,
+    field_prefix: str = "autolabel",
+    *,
+    device: str = "auto",
+    overwrite: bool = False,
+    batch_size: int = 1,
+    max_side: int = 1024,
+    min_area: int = 16,
+) -> Iterator[SegmentProgress]:
+    """Segment the collection's images into <prefix>_instances and <prefix>_semantic.
+
+    Yields progress after each batch, whose results are already saved, so stopping loses
+    nothing. Samples that have the instances field are skipped unless overwrite; a failed image
+    keeps no field, so a rerun retries it.
+    """
+    instances_field, semantic_field = field_names(field_prefix)
+    if batch_size < 1:
+        raise UsageError("batch size must be at least 1")
+    if resolved.background is not None:
+        vocab = vocab.with_background(tuple(resolved.background))
+    target = collection if overwrite else collection.exists(instances_field, False)
+    ids, paths = target.values(["id", "filepath"])
+    progress = SegmentProgress(0, len(ids))
+    dataset = fo.load_dataset(collection.dataset_name)
+    segmenter = build_segmenter(resolved.method, resolved.settings, device) if ids else None
+    _declare_fields(dataset, field_prefix, vocab.names)
+    for start in range(0, len(ids), batch_size):
+        batch = list(
+            zip(ids[start : start + batch_size], paths[start : start + batch_size], strict=True)
+        )
+        # The sample id is the entry's key: a file may back several samples.
+        loaded = [load_image(ImageEntry(0, Path(path), sample_id)) for sample_id, path in batch]
+        good = [item for item in loaded if not isinstance(item, LoadError)]
+        results = _segment(segmenter, good, vocab, max_side) if good else {}
+        detections, semantic = {}, {}
+        for (sample_id, path), item in zip(batch, loaded, strict=True):
+            outcome = item.reason if isinstance(item, LoadError) else results[sample_id]
+            if isinstance(outcome, str):
+                progress.failed.append((path, outcome))
+                continue
+            instances = instances_from_labels(outcome.labels, outcome.probs, item.size, min_area)
+            detections[sample_id] = to_detections(instances, vocab.names, item.size)
+            semantic[sample_id] = to_segmentation(instances, item.size)
+        if detections:
+            dataset.set_values(instances_field, detections, key_field="id")
+            dataset.set_values(semantic_field, semantic, key_field="id")
+        progress.done += len(batch)
+        yield progress
+    record_run(
+        dataset,
+        field_prefix,
+        {
+            "method": resolved.method,
+            "recipe": resolved.recipe,
+            "settings": resolved.settings,
+            "models": segmenter.describe() if segmenter is not None else {},
+            "vocabulary": vocab.to_dict(),
+            "versions": package_versions(),
+            "source": "autolabel segment operator",
+            "max_side": max_side,
+            "min_area": min_area,
+            "fields": [instances_field, semantic_field],
+        },
+        {
+            "images": progress.done - len(progress.failed),
+            "failed": [list(item) for item in progress.failed],
+            "finished": _now(),
+            "autolabel_version": __version__,
+        },
+    )
+
+
+# --- disagreement between a reviewed field and autolabel's predictions ----------------------
+
+
+def label_classes(collection: SampleCollection, label_field: str) -> list[str]:
+    """Class names of a label field: its mask targets, else its distinct labels."""
+    kind = _label_type(collection, label_field)
+    if kind is fo.Segmentation:
+        return sorted(set(_mask_targets(collection, label_field).values()))
+    path = f"{label_field}.{'detections' if kind is fo.Detections else 'polylines'}.label"
+    return sorted(name for name in collection.distinct(path) if name)
+
+
+def class_ious(reference: np.ndarray, other: np.ndarray) -> dict[int, float]:
+    """IoU of each class present in either label map (0 is unlabelled and not a class)."""
+    ious = {}
+    for cls in np.union1d(np.unique(reference), np.unique(other)):
+        if cls == 0:
+            continue
+        a, b = reference == cls, other == cls
+        ious[int(cls)] = float((a & b).sum() / (a | b).sum())
+    return ious
+
+
+@dataclass
+class ScoreSummary:
+    """What score_disagreement wrote."""
+
+    score_field: str
+    scored: int
+    skipped: int  # samples lacking one of the two fields
+    top: list[tuple[str, float]]  # (file path, score) of the highest scores, best first
+
+
+def score_disagreement(
+    collection: SampleCollection,
+    reviewed_field: str,
+    predicted_field: str,
+    score_field: str = "autolabel_disagreement",
+) -> ScoreSummary:
+    """Per sample, 1 - mean IoU over the classes in either field, and the disagreeing classes.
+
+    Writes the score to `score_field` (0 = the masks agree, 1 = nothing overlaps) and the
+    classes with IoU below MISTAKE_IOU, worst first, to `<score_field>_classes`. Fields may be
+    Detections with masks, Polylines or Segmentation with mask targets; classes match by name.
+    """
+    for name in (score_field, score_field + CLASSES_SUFFIX):
+        if not name.isidentifier():
+            raise UsageError(f"score field {name!r}: use letters, digits and underscores")
+    fields = (reviewed_field, predicted_field)
+    kinds = {f: _label_type(collection, f) for f in fields}
+    targets = {f: _mask_targets(collection, f) for f in fields if kinds[f] is fo.Segmentation}
+    collection.compute_metadata()
+    scores: dict[str, float] = {}
+    classes: dict[str, list[str]] = {}
+    paths: dict[str, str] = {}
+    skipped = 0
+    for sample in collection.select_fields(list(fields)).iter_samples():
+        pairs = [(sample[f], targets.get(f)) for f in fields]
+        if any(label is None for label, _ in pairs) or sample.metadata is None:
+            skipped += 1
+            continue
+        names = sorted(set().union(*(_names(label, known) for label, known in pairs)))
+        ids = {name: i + 1 for i, name in enumerate(names)}
+        size = (sample.metadata.height, sample.metadata.width)
+        maps = [_render(label, known, ids, size) for label, known in pairs]
+        ious = class_ious(*maps)
+        scores[sample.id] = 1.0 - float(np.mean(list(ious.values()))) if ious else 0.0
+        worst = sorted((iou, names[cls - 1]) for cls, iou in ious.items() if iou < MISTAKE_IOU)
+        classes[sample.id] = [name for _, name in worst]
+        paths[sample.id] = sample.filepath
+    dataset = fo.load_dataset(collection.dataset_name)
+    if scores:
+        dataset.set_values(score_field, scores, key_field="id")
+        dataset.set_values(score_field + CLASSES_SUFFIX, classes, key_field="id")
+    record_run(
+        dataset,
+        score_field,
+        {
+            "method": "autolabel-disagreement",
+            "reviewed_field": reviewed_field,
+            "predicted_field": predicted_field,
+            "score": "1 - mean per-class mask IoU",
+            "classes_below_iou": MISTAKE_IOU,
+            "fields": [score_field, score_field + CLASSES_SUFFIX],
+        },
+        {"scored": len(scores), "skipped": skipped, "finished": _now()},
+    )
+    top = sorted(scores.items(), key=lambda kv: -kv[1])[:10]
+    return ScoreSummary(score_field, len(scores), skipped, [(paths[i], s) for i, s in top])
+
+
+def _label_type(collection: SampleCollection, label_field: str) -> type:
+    schema = collection.get_field_schema()
+    if label_field not in schema:
+        raise UsageError(f"dataset {collection.dataset_name!r} has no field {label_field!r}")
+    kind = getattr(schema[label_field], "document_type", None)
+    if kind not in LABEL_TYPES:
+        raise UsageError(
+            f"field {label_field!r} holds {getattr(kind, '__name__', 'non-label values')}; "
+            "compare Detections (with masks), Polylines or Segmentation fields"
+        )
+    return kind
+
+
+def _mask_targets(collection: SampleCollection, label_field: str) -> dict[int, str]:
+    targets = collection.mask_targets.get(label_field) or collection.default_mask_targets
+    if not targets or not all(isinstance(k, int) for k in targets):
+        raise UsageError(
+            f"segmentation field {label_field!r} has no integer mask targets naming its classes; "
+            f"set dataset.mask_targets[{label_field!r}] = {{1: 'cat', ...}}"
+        )
+    return {int(k): str(v) for k, v in targets.items()}
+
+
+def _names(label: fo.Label, targets: dict[int, str] | None) -> set[str]:
+    if isinstance(label, fo.Segmentation):
+        return set(targets.values())
+    items = label.detections if isinstance(label, fo.Detections) else label.polylines
+    return {item.label for item in items if item.label}
+
+
+def _render(
+    label: fo.Label, targets: dict[int, str] | None, ids: dict[str, int], size: tuple[int, int]
+) -> np.ndarray:
+    """A label as an H x W map of the sample's class ids."""
+    if isinstance(label, fo.Segmentation):
+        mask = label.get_mask()
+        if mask is None or mask.ndim != 2:
+            raise UsageError("only single-channel segmentation masks can be compared")
+        lut = np.zeros(max(int(mask.max()), *targets) + 1, dtype=np.int64)
+        for value, name in targets.items():
+            lut[value] = ids[name]
+        return resize_labels(lut[mask], size)
+    mask_targets = {i: name for name, i in ids.items()}
+    rendered = label.to_segmentation(frame_size=(size[1], size[0]), mask_targets=mask_targets)
+    return rendered.get_mask().astype(np.int64)

@@ -1,0 +1,527 @@
+"""Label-free hyperparameter search with PnP-OVSS's CLIP reward (shared/reference/pnp_ovss.md §2).
+
+For a candidate setting, each image is segmented; for each class the image is tagged with, the
+class's region is kept and the rest blanked, and CLIP is asked whether that masked image looks
+more like the class than a blank image does. The reward is the fraction of tagged classes for
+which it does. Random search (grid points drawn without replacement) keeps the best setting.
+Every evaluated candidate is appended to a JSONL log, so an interrupted search resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autolabel.errors import UsageError
+from autolabel.methods.base import Segmenter, SegResult, build_segmenter
+from autolabel.methods.pnp import class_text, clip_inputs, clip_presence, clip_probabilities
+from autolabel.models.clip import ClipModel
+from autolabel.resize import resize_labels
+from autolabel.vocab import Vocabulary
+
+Space = dict[str, list[Any]]
+# PnP: layer and head span the model; tau is the paper's search grid (§2.2); blur (not searched
+# by the paper) brackets its 0.05.
+PNP_THRESHOLDS = [0.05, 0.15, 0.25, 0.35, 0.45]
+PNP_BLURS = [0.03, 0.04, 0.05, 0.065, 0.08]
+# CaR: eta / theta / lambda over the ranges of the paper's Table 5 and its per-dataset configs,
+# and the prompt pairs its configs use (car.md §2.2).
+CAR_SPACE: Space = {
+    "mask_threshold": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+    "confidence_threshold": [0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7],
+    "clipes_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+    "visual_prompts": [["circle", "blur"], ["blur", "gray"], ["circle"], ["blur"]],
+}
+LOG_SUFFIX = ".tune.jsonl"
+
+
+def search_space(method: str, settings: dict[str, Any], device: str) -> Space:
+    """The values tune tries for each searched setting of a method."""
+    if method == "pnp":
+        from autolabel.methods.pnp import PnPSettings
+        from autolabel.models.blip import load_itm
+
+        itm = load_itm(PnPSettings.from_dict(settings).model, device)
+        return {
+            # The last layer gives class tokens no gradient (pnp_ovss.md §4.3).
+            "layer": list(range(itm.num_layers - 1)),
+            "head": list(range(itm.num_heads)),
+            "threshold": list(PNP_THRESHOLDS),
+            "blur_sigma": list(PNP_BLURS),
+        }
+    if method == "car":
+        return {k: list(v) for k, v in CAR_SPACE.items()}
+    raise UsageError(f"autolabel tune: --method {method!r} cannot be tuned; use pnp or car")
+
+
+# ------------------------------------------------------------------------- the search
+
+
+@dataclass
+class Trial:
+    """One evaluated candidate."""
+
+    params: dict[str, Any]
+    reward: float
+    seconds: float = 0.0
+    default: bool = False
+
+
+@dataclass
+class SearchResult:
+    """All trials of a search, the default's and the best one."""
+
+    trials: list[Trial] = field(default_factory=list)
+
+    @property
+    def best(self) -> Trial:
+        """The highest reward; on ties the earliest (so the default wins ties)."""
+        return max(self.trials, key=lambda t: t.reward)
+
+    @property
+    def default(self) -> Trial | None:
+        """The trial of the starting settings."""
+        return next((t for t in self.trials if t.default), None)
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def candidates(space: Space, seed: int) -> Iterator[dict[str, Any]]:
+    """Every grid point once, in a seeded random order."""
+    names = list(space)
+    sizes = [len(space[n]) for n in names]
+    total = math.prod(sizes)
+    for index in random.Random(seed).sample(range(total), total):
+        params = {}
+        for name, size in zip(names, sizes, strict=True):
+            index, pick = divmod(index, size)
+            params[name] = space[name][pick]
+        yield params
+
+
+def random_search(
+    space: Space,
+    evaluate: Callable[[dict[str, Any]], float],
+    budget: int,
+    seed: int,
+    log_path: Path,
+    fingerprint: str,
+    default: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SearchResult:
+    """Evaluate the default, then random grid points, until `budget` trials are logged.
+
+    Trials already in the log (same fingerprint) are reused, not re-evaluated. `progress` is
+    called with (done, budget) after each trial.
+    """
+    if budget < 1:
+        raise UsageError("autolabel tune: --budget must be at least 1")
+    result = SearchResult(_read_log(log_path, fingerprint))
+    seen = {_key(t.params) for t in result.trials}
+    if not log_path.exists():
+        _append(log_path, {"fingerprint": fingerprint})
+    queue: list[tuple[dict[str, Any], bool]] = []
+    if default is not None:
+        queue.append((json.loads(json.dumps(default)), True))  # tuples -> lists, as in the log
+    stream = ((p, False) for p in candidates(space, seed))
+    if progress:
+        progress(min(len(result.trials), budget), budget)
+
+    def next_candidate() -> tuple[dict[str, Any], bool] | None:
+        if queue:
+            return queue.pop(0)
+        return next(stream, None)
+
+    while len(result.trials) < budget:
+        item = next_candidate()
+        if item is None:
+            break  # the whole grid has been evaluated
+        params, is_default = item
+        if _key(params) in seen:
+            continue
+        start = time.perf_counter()
+        reward = float(evaluate(params))
+        trial = Trial(params, reward, round(time.perf_counter() - start, 3), is_default)
+        _append(log_path, {"trial": trial.__dict__})
+        result.trials.append(trial)
+        seen.add(_key(params))
+        if progress:
+            progress(len(result.trials), budget)
+    return result
+
+
+def _read_log(path: Path, fingerprint: str) -> list[Trial]:
+    if not path.exists():
+        return []
+    trials = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the tune log ({exc.strerror or exc})") from exc
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if lineno == len(lines):
+                # A line cut short by an interrupted write: drop it so appends stay valid JSONL.
+                from autolabel.writers.atomic import atomic_write_text
+
+                atomic_write_text(path, "".join(f"{kept}\n" for kept in lines[:-1]))
+                continue
+            raise UsageError(
+                f"{path}, line {lineno}: not JSON; pass --restart to start the search over"
+            ) from exc
+        if "fingerprint" in record and record["fingerprint"] != fingerprint:
+            raise UsageError(
+                f"{path} is the log of a search with other images, vocabulary, tags or base "
+                "settings; pass --restart to discard it, or write the recipe elsewhere"
+            )
+        if "trial" in record:
+            trials.append(Trial(**record["trial"]))
+    return trials
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+
+
+def fingerprint(data: dict[str, Any]) -> str:
+    """Stable hash of what a search depends on; a log with another one is refused."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------- the reward
+
+
+class ClipReward:
+    """PnP-OVSS's weak reward: does CLIP prefer the class on its masked region over a blank?
+
+    Deviations from the paper's search code (§2.1), kept because they make the reward usable on
+    any vocabulary: the softmax runs over the tagged classes *and* the background words (with
+    tagged classes only, an image with one tag can never score), and the mask is the method's
+    own final region (label == class) rather than a re-thresholded blurred map.
+    """
+
+    def __init__(self, clip: ClipModel, vocab: Vocabulary) -> None:
+        self.clip = clip
+        text, owners = class_text(clip, vocab)
+        owner = torch.tensor(owners, device=text.device)
+        per_class = torch.stack([text[owner == k + 1].mean(dim=0) for k in range(len(vocab))])
+        self.classes = per_class / per_class.norm(dim=-1, keepdim=True)
+        self.background = text[owner == 0]
+
+    @torch.no_grad()
+    def hits(self, image: np.ndarray, result: SegResult, tags: list[int]) -> int:
+        """How many tagged classes (0-based) pass the masked-vs-blank test on this image."""
+        if not tags:
+            return 0
+        clip = self.clip
+        size = clip.image_size
+        normalized = clip.normalize(clip_inputs(clip, [image]))  # (1, 3, S, S)
+        masks = np.stack([resize_labels(result.labels == k + 1, (size, size)) for k in tags])
+        keep = torch.from_numpy(masks).to(normalized.device, normalized.dtype)[:, None]
+        # Zero in normalised space is the dataset-mean colour: the blank of the paper's code.
+        batch = torch.cat([normalized * keep, torch.zeros_like(normalized)])
+        text = torch.cat([self.classes[tags], self.background])
+        probs = clip_probabilities(clip, batch, text)
+        positions = torch.arange(len(tags), device=probs.device)
+        masked, blank = probs[positions, positions], probs[-1, positions]
+        return int((masked > blank).sum())
+
+
+def evaluate_reward(
+    segmenter: Segmenter,
+    reward: ClipReward,
+    images: list[np.ndarray],
+    tags: list[list[int]],
+    vocab: Vocabulary,
+    batch_size: int = 1,
+) -> float:
+    """Segment the images and return the fraction of tagged classes that pass the test."""
+    total = sum(len(t) for t in tags)
+    if total == 0:
+        raise UsageError("autolabel tune: no image has a tag from the vocabulary")
+    hits = 0
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        for image, result, own in zip(
+            chunk,
+            segmenter.segment_batch(chunk, vocab),
+            tags[start : start + batch_size],
+            strict=True,
+        ):
+            hits += reward.hits(image, result, own)
+    return hits / total
+
+
+def make_evaluator(
+    method: str,
+    base: dict[str, Any],
+    device: str,
+    reward: ClipReward,
+    images: list[np.ndarray],
+    tags: list[list[int]],
+    vocab: Vocabulary,
+    batch_size: int = 1,
+) -> Callable[[dict[str, Any]], float]:
+    """The reward of a candidate: build the method with base + candidate settings, segment."""
+
+    def evaluate(params: dict[str, Any]) -> float:
+        segmenter = build_segmenter(method, {**base, **params}, device)
+        return evaluate_reward(segmenter, reward, images, tags, vocab, batch_size)
+
+    return evaluate
+
+
+# --------------------------------------------------------------------------- the tags
+
+
+def class_lookup(vocab: Vocabulary) -> dict[str, int]:
+    """Lower-cased names and synonyms -> 0-based class index."""
+    return {p.strip().lower(): i for i, c in enumerate(vocab.classes) for p in c.prompts}
+
+
+def load_tags(path: Path, vocab: Vocabulary, rels: list[str]) -> list[list[int]]:
+    """Image-level tags for the images (relative paths) from a COCO JSON or a `file,tags` CSV.
+
+    COCO: a category counts for an image if one of its annotations does. CSV: one row per image,
+    `relative/path.jpg,cat;dog` (an optional header row starting with `file`). Names match
+    vocabulary names or synonyms, case-insensitively; names outside the vocabulary are ignored.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--tags {path}: cannot read it ({exc})") from exc
+    lookup = class_lookup(vocab)
+    if path.suffix.lower() == ".json":
+        by_file = _coco_tags(path, text, lookup)
+    else:
+        by_file = _csv_tags(path, text, lookup)
+    by_name: dict[str, set[int] | None] = {}
+    for rel, found in by_file.items():
+        name = rel.rsplit("/", 1)[-1]
+        by_name[name] = None if name in by_name else found  # None: ambiguous basename
+    tags = []
+    for rel in rels:
+        found = by_file.get(rel)
+        if found is None:
+            found = by_name.get(rel.rsplit("/", 1)[-1]) or set()
+        tags.append(sorted(found))
+    if not any(tags):
+        raise UsageError(
+            f"--tags {path}: none of its file names match the images, or none of its tags is a "
+            "vocabulary class"
+        )
+    return tags
+
+
+def _coco_tags(path: Path, text: str, lookup: dict[str, int]) -> dict[str, set[int]]:
+    try:
+        data = json.loads(text)
+        categories = {
+            c["id"]: lookup.get(str(c["name"]).strip().lower()) for c in data["categories"]
+        }
+        files = {im["id"]: str(im["file_name"]) for im in data["images"]}
+        by_file: dict[str, set[int]] = {name: set() for name in files.values()}
+        for ann in data.get("annotations", []):
+            cls = categories.get(ann["category_id"])
+            if cls is not None and ann["image_id"] in files:
+                by_file[files[ann["image_id"]]].add(cls)
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UsageError(f"--tags {path}: not a COCO annotation file ({exc})") from exc
+    return by_file
+
+
+def _csv_tags(path: Path, text: str, lookup: dict[str, int]) -> dict[str, set[int]]:
+    by_file: dict[str, set[int]] = {}
+    for lineno, row in enumerate(csv.reader(text.splitlines()), 1):
+        if not row or not row[0].strip() or (lineno == 1 and row[0].strip().lower() == "file"):
+            continue
+        if len(row) < 2:
+            raise UsageError(f"--tags {path}, line {lineno}: expected `file,tag;tag`")
+        names = [n.strip().lower() for cell in row[1:] for n in cell.split(";") if n.strip()]
+        by_file[row[0].strip()] = {lookup[n] for n in names if n in lookup}
+    return by_file
+
+
+def clip_tags(
+    clip: ClipModel, images: list[np.ndarray], vocab: Vocabulary, threshold: float
+) -> list[list[int]]:
+    """Tags from CLIP itself: the classes whose presence probability reaches the threshold."""
+    presence = clip_presence(clip, images, vocab)
+    return [np.flatnonzero(p >= threshold).tolist() for p in presence]
+
+
+# ------------------------------------------------------------------------ the command
+
+
+@dataclass
+class TuneConfig:
+    """Everything `autolabel tune` needs; the CLI fills it, run_tune consumes it."""
+
+    images: Path
+    vocab: Path
+    out: Path  # the recipe YAML to write; the log goes next to it
+    method: str
+    recipe: str | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    classifier_model: str | None = None
+    classifier_pretrained: str | None = None
+    classifier_checkpoint: str | None = None
+    background: list[str] | None = None
+    tags: Path | None = None
+    tag_threshold: float = 0.1
+    clip_model: str = "ViT-B-16"
+    clip_pretrained: str | None = "openai"
+    clip_checkpoint: str | None = None
+    budget: int = 20
+    max_images: int = 20
+    max_side: int = 512
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 1
+    restart: bool = False
+
+
+@dataclass
+class TuneSummary:
+    """What a search did and where it wrote."""
+
+    result: SearchResult
+    recipe_path: Path
+    log_path: Path
+    images: int
+    tagged_classes: int
+    tags_source: str
+    space: Space
+
+
+def log_path_for(out: Path) -> Path:
+    """The JSONL log of evaluated candidates kept next to the recipe."""
+    return out.with_name(out.name + LOG_SUFFIX)
+
+
+def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = None) -> TuneSummary:
+    """Search the method's settings on the images and write the best as a recipe."""
+    from autolabel.config import Recipe, RunConfig, save_recipe
+    from autolabel.images import LoadedImage, iter_images, scan_images
+    from autolabel.models.clip import load_clip
+    from autolabel.resize import fit_max_side
+    from autolabel.vocab import load_vocabulary
+
+    if config.method not in ("pnp", "car"):
+        raise UsageError(f"autolabel tune: --method {config.method!r}; choose pnp or car")
+    if config.out.suffix.lower() not in (".yaml", ".yml"):
+        raise UsageError(f"-o {config.out}: the recipe must be a .yaml file")
+    if config.max_images < 1:
+        raise UsageError("autolabel tune: --max-images must be at least 1")
+    resolved = RunConfig(
+        images=config.images,
+        vocab=config.vocab,
+        out=config.out.parent,
+        method=config.method,
+        recipe=config.recipe,
+        model=config.model,
+        pretrained=config.pretrained,
+        checkpoint=config.checkpoint,
+        classifier_model=config.classifier_model,
+        classifier_pretrained=config.classifier_pretrained,
+        classifier_checkpoint=config.classifier_checkpoint,
+        background=config.background,
+        device=config.device,
+        batch_size=config.batch_size,
+        max_side=config.max_side,
+    ).resolve()
+    vocab = load_vocabulary(config.vocab, resolved.background)
+    if not config.images.is_dir():
+        raise UsageError(f"{config.images}: not a folder of images")
+    entries, _ = scan_images(config.images)
+    step = max(1, len(entries) // config.max_images)  # spread the sample over the folder
+    loaded = [im for im in iter_images(entries[::step]) if isinstance(im, LoadedImage)]
+    loaded = loaded[: config.max_images]
+    if not loaded:
+        raise UsageError(f"{config.images}: no readable images")
+    rels = [im.entry.rel for im in loaded]
+    arrays = [fit_max_side(im.rgb, config.max_side) for im in loaded]
+
+    clip = load_clip(
+        config.clip_model, config.clip_pretrained, config.clip_checkpoint, config.device
+    )
+    if config.tags is not None:
+        tags, source = load_tags(config.tags, vocab, rels), str(config.tags)
+    else:
+        tags, source = clip_tags(clip, arrays, vocab, config.tag_threshold), "CLIP"
+    base = dict(resolved.settings)
+    space = search_space(config.method, base, config.device)
+    effective = build_segmenter(config.method, base, config.device).describe().get("settings", {})
+    default = {k: effective[k] for k in space if k in effective}
+    log_path = log_path_for(config.out)
+    if config.restart and log_path.exists():
+        log_path.unlink()
+    key = fingerprint(
+        {
+            "method": config.method,
+            "settings": base,
+            "vocabulary": vocab.fingerprint(),
+            "images": rels,
+            "max_side": config.max_side,
+            "tags": tags,
+            "clip": [config.clip_model, config.clip_pretrained, config.clip_checkpoint],
+        }
+    )
+    evaluate = make_evaluator(
+        config.method,
+        base,
+        config.device,
+        ClipReward(clip, vocab),
+        arrays,
+        tags,
+        vocab,
+        config.batch_size,
+    )
+    result = random_search(
+        space, evaluate, config.budget, config.seed, log_path, key, default or None, progress
+    )
+    best = result.best
+    settings = {**base, **best.params}
+    default_trial = result.default
+    note = f"autolabel tune: reward {best.reward:.3f}"
+    if default_trial is not None:
+        note += f" (default settings {default_trial.reward:.3f})"
+    note += f" on {len(arrays)} images, tags from {source}, {len(result.trials)} settings tried"
+    save_recipe(
+        Recipe(
+            name=config.out.stem,
+            method=config.method,
+            model=settings.pop("model", None),
+            pretrained=settings.pop("pretrained", None),
+            background=resolved.background,
+            settings=settings,
+            description=note,
+        ),
+        config.out,
+    )
+    return TuneSummary(
+        result, config.out, log_path, len(arrays), sum(len(t) for t in tags), source, space
+    )

@@ -1,0 +1,312 @@
+"""autolabel operators for FiftyOne: forms and progress only; the work is in autolabel itself.
+
+segment              label the target view with <field>_instances / <field>_semantic
+find_label_mistakes  score how much a reviewed field disagrees with autolabel's masks
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+from autolabel.config import list_recipes
+from autolabel.errors import UsageError
+from autolabel.methods.base import METHODS
+from autolabel.sinks.fiftyone import (
+    SEMANTIC_SUFFIX,
+    field_names,
+    label_classes,
+    resolve_method,
+    score_disagreement,
+    segment_samples,
+)
+from autolabel.vocab import DEFAULT_BACKGROUND, Vocabulary, parse_vocabulary
+
+# Views larger than this default to delegated execution (`fiftyone delegated launch`), since
+# segmenting hundreds of images would hold the App's request for minutes.
+DELEGATE_ABOVE = 50
+VOCAB_HELP = (
+    "One class per line; synonyms after a colon: `dog: puppy, hound`. "
+    "`!background: sky, wall` replaces the background words."
+)
+
+
+class Segment(foo.Operator):
+    """Segment the target view's images into a vocabulary's classes."""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="segment",
+            label="autolabel: segment",
+            description="Training-free instance and semantic masks from a vocabulary",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx: Any) -> types.Property:
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Segment")
+        vocab_prop = inputs.str(
+            "vocabulary",
+            required=True,
+            label="Vocabulary",
+            description=VOCAB_HELP,
+            view=types.TextFieldView(multiline=True, rows=5),
+        )
+        _check(
+            vocab_prop, lambda: _vocabulary(ctx.params) if ctx.params.get("vocabulary") else None
+        )
+        inputs.str(
+            "field",
+            default="autolabel",
+            label="Output field",
+            description="Writes <field>_instances (Detections) and <field>_semantic",
+        )
+        inputs.bool(
+            "overwrite",
+            default=False,
+            label="Re-segment samples that already have the field",
+        )
+        _method_inputs(ctx, inputs)
+        _delegate_input(ctx, inputs, _todo(ctx))
+        return types.Property(inputs, view=types.View(label="autolabel: segment"))
+
+    def resolve_delegation(self, ctx: Any) -> bool:
+        return _delegate(ctx, _todo(ctx))
+
+    def execute(self, ctx: Any) -> Iterator[Any]:
+        params = ctx.params
+        yield from _run_segment(
+            ctx,
+            ctx.target_view(),
+            _vocabulary(params),
+            params.get("field") or "autolabel",
+            overwrite=bool(params.get("overwrite")),
+        )
+        if not ctx.delegated:
+            yield ctx.ops.reload_dataset()
+
+
+class FindLabelMistakes(foo.Operator):
+    """Rank samples by how much a reviewed field disagrees with autolabel's semantic masks."""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="find_label_mistakes",
+            label="autolabel: find label mistakes",
+            description="Score reviewed labels against training-free masks; sort by likely error",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx: Any) -> types.Property:
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Score")
+        choices = types.DropdownView()
+        for name in _reviewable_fields(ctx):
+            choices.add_choice(name, label=name)
+        inputs.enum(
+            "reviewed_field",
+            choices.values(),
+            required=True,
+            label="Reviewed field",
+            description="Ground truth to audit: Detections with masks, Polylines or Segmentation",
+            view=choices,
+        )
+        inputs.str(
+            "field",
+            default="autolabel",
+            label="autolabel field",
+            description="Compares with <field>_semantic; images without it are segmented first",
+        )
+        inputs.str(
+            "score_field",
+            default="autolabel_disagreement",
+            label="Score field",
+            description="Per-sample score in [0, 1] (1 - mean class IoU) and <score>_classes",
+        )
+        vocab_prop = inputs.str(
+            "vocabulary",
+            label="Vocabulary for missing predictions",
+            description="Empty: the reviewed field's class names. " + VOCAB_HELP,
+            view=types.TextFieldView(multiline=True, rows=3),
+        )
+        _check(
+            vocab_prop, lambda: _vocabulary(ctx.params) if ctx.params.get("vocabulary") else None
+        )
+        _method_inputs(ctx, inputs)
+        _delegate_input(ctx, inputs, _missing(ctx))
+        return types.Property(inputs, view=types.View(label="autolabel: find label mistakes"))
+
+    def resolve_delegation(self, ctx: Any) -> bool:
+        return _delegate(ctx, _missing(ctx))
+
+    def execute(self, ctx: Any) -> Iterator[Any]:
+        params = ctx.params
+        target = ctx.target_view()
+        reviewed = params["reviewed_field"]
+        prefix = params.get("field") or "autolabel"
+        field_names(prefix)
+        missing = target.exists(prefix + SEMANTIC_SUFFIX, False)
+        if len(missing):
+            vocab = _optional_vocabulary(params) or _vocabulary_from_field(target, reviewed)
+            yield from _run_segment(ctx, missing, vocab, prefix, overwrite=True)
+        score_field = params.get("score_field") or "autolabel_disagreement"
+        summary = score_disagreement(target, reviewed, prefix + SEMANTIC_SUFFIX, score_field)
+        if not ctx.delegated:
+            yield ctx.ops.reload_dataset()
+            yield ctx.ops.set_view(target.sort_by(score_field, reverse=True))
+            yield ctx.ops.notify(
+                f"scored {summary.scored} samples ({summary.skipped} lack a field); "
+                f"sorted by {score_field}, likely mistakes first"
+            )
+
+
+def _run_segment(
+    ctx: Any, target: Any, vocab: Vocabulary, prefix: str, *, overwrite: bool
+) -> Iterator[Any]:
+    """Drive segment_samples, reporting progress to the App or the delegated run."""
+    params = ctx.params
+    resolved = resolve_method(
+        params.get("method"),
+        params.get("recipe"),
+        params.get("model"),
+        params.get("pretrained"),
+        params.get("checkpoint"),
+    )
+    progress = None
+    for progress in segment_samples(
+        target,
+        vocab,
+        resolved,
+        prefix,
+        device=params.get("device") or "auto",
+        overwrite=overwrite,
+        batch_size=int(params.get("batch_size") or 1),
+        max_side=int(params.get("max_side") or 1024),
+        min_area=int(params.get("min_area") if params.get("min_area") is not None else 16),
+    ):
+        fraction = progress.done / progress.total if progress.total else 1.0
+        label = f"autolabel: {progress.done}/{progress.total} images"
+        if ctx.delegated:
+            ctx.set_progress(progress=fraction, label=label)
+        else:
+            yield ctx.ops.set_progress(progress=fraction, label=label)
+    if progress is not None and progress.failed and not ctx.delegated:
+        first = "; ".join(f"{path}: {reason}" for path, reason in progress.failed[:3])
+        yield ctx.ops.notify(f"{len(progress.failed)} images failed ({first})", variant="warning")
+
+
+def _vocabulary(params: dict[str, Any]) -> Vocabulary:
+    return parse_vocabulary(params.get("vocabulary") or "", "vocabulary")
+
+
+def _optional_vocabulary(params: dict[str, Any]) -> Vocabulary | None:
+    return _vocabulary(params) if (params.get("vocabulary") or "").strip() else None
+
+
+def _vocabulary_from_field(target: Any, reviewed: str) -> Vocabulary:
+    """The reviewed field's classes; background words that are also classes are left out."""
+    names = label_classes(target, reviewed)
+    if not names:
+        raise UsageError(f"field {reviewed!r} has no class names to segment; give a vocabulary")
+    lowered = {n.lower() for n in names}
+    return Vocabulary.from_names(names, tuple(w for w in DEFAULT_BACKGROUND if w not in lowered))
+
+
+def _method_inputs(ctx: Any, inputs: types.Object) -> None:
+    """Method, recipe and backbone options, named as in `autolabel run`."""
+    methods = types.DropdownView()
+    for name in METHODS:
+        methods.add_choice(name, label=name)
+    inputs.enum(
+        "method",
+        methods.values(),
+        label="Method",
+        description="Empty: the recipe's method (car without a recipe)",
+        view=methods,
+    )
+    recipes = types.AutocompleteView()
+    for name in list_recipes():
+        recipes.add_choice(name, label=name)
+    recipe_prop = inputs.str(
+        "recipe", label="Recipe", description="A bundled recipe or a .yaml path", view=recipes
+    )
+    _check(recipe_prop, lambda: resolve_method(ctx.params.get("method"), ctx.params.get("recipe")))
+    inputs.str("model", label="Model", description="Backbone name, e.g. ViT-B-16 or toy")
+    inputs.str("pretrained", label="Pretrained tag", description="e.g. openai")
+    inputs.str("checkpoint", label="Checkpoint", description="Local weights file for the model")
+    inputs.str("device", default="auto", label="Device", description="auto, cpu, cuda or cuda:N")
+    inputs.int("batch_size", default=1, label="Batch size")
+    inputs.int("max_side", default=1024, label="Max side", description="Pixels processed")
+    inputs.int("min_area", default=16, label="Min area", description="Smaller instances dropped")
+
+
+def _check(prop: Any, parse: Any) -> None:
+    """Show a usage error under the form field instead of failing on execute."""
+    try:
+        parse()
+    except UsageError as exc:
+        prop.invalid = True
+        prop.error_message = str(exc)
+
+
+def _todo(ctx: Any) -> int:
+    """Samples the segment operator would process."""
+    target = ctx.target_view()
+    if ctx.params.get("overwrite"):
+        return len(target)
+    try:
+        instances_field, _ = field_names(ctx.params.get("field") or "autolabel")
+    except UsageError:
+        return len(target)
+    return len(target.exists(instances_field, False))
+
+
+def _missing(ctx: Any) -> int:
+    """Samples the mistakes operator must segment before scoring."""
+    try:
+        _, semantic_field = field_names(ctx.params.get("field") or "autolabel")
+    except UsageError:
+        return 0
+    return len(ctx.target_view().exists(semantic_field, False))
+
+
+def _delegate(ctx: Any, count: int) -> bool:
+    """The form's choice, else delegate when there are many images to segment."""
+    choice = ctx.params.get("delegate")
+    return bool(choice) if choice is not None else count > DELEGATE_ABOVE
+
+
+def _delegate_input(ctx: Any, inputs: types.Object, count: int) -> None:
+    inputs.bool(
+        "delegate",
+        default=count > DELEGATE_ABOVE,
+        label="Delegate",
+        description=(
+            f"{count} images to segment. Delegated runs go to the queue that "
+            "`fiftyone delegated launch` works through, with progress in the App"
+        ),
+    )
+
+
+def _reviewable_fields(ctx: Any) -> list[str]:
+    schema = ctx.dataset.get_field_schema(
+        embedded_doc_type=[fo.Detections, fo.Polylines, fo.Segmentation]
+    )
+    return sorted(schema)
+
+
+def register(plugin: Any) -> None:
+    """FiftyOne's plugin entry point."""
+    plugin.register(Segment)
+    plugin.register(FindLabelMistakes)

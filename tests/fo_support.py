@@ -1,0 +1,88 @@
+"""FiftyOne test support: a private database and plugins folder per session, and mask helpers.
+
+Test modules load this with `pytest_plugins = ["fo_support"]`. Without FiftyOne or a working
+mongod the tests skip, except under CI=true where they fail: CI must exercise them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent / "integrations" / "fiftyone"
+PLUGIN_NAME = "@autolabel/autolabel"
+
+
+def unavailable(reason: str) -> None:
+    """Skip locally; fail in CI, where FiftyOne and mongod are installed on purpose."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"FiftyOne is required in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def fiftyone_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment of a private FiftyOne: its own database folder, and a plugins folder that
+    holds this repository's plugin the way a user installs it (a link in the plugins dir)."""
+    base = tmp_path_factory.mktemp("fiftyone")
+    plugins = base / "plugins"
+    plugins.mkdir()
+    (plugins / "autolabel").symlink_to(PLUGIN_DIR, target_is_directory=True)
+    env = {
+        "FIFTYONE_DATABASE_DIR": str(base / "db"),
+        "FIFTYONE_DATABASE_VALIDATION": "false",
+        "FIFTYONE_DO_NOT_TRACK": "true",
+        "FIFTYONE_PLUGINS_DIR": str(plugins),
+        "FIFTYONE_SHOW_PROGRESS_BARS": "false",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def fo(fiftyone_env: dict[str, str]) -> ModuleType:
+    """The fiftyone module, connected to the session's private database (mongod started)."""
+    try:
+        import fiftyone
+    except ImportError as exc:
+        unavailable(f"fiftyone is not installed ({exc})")
+    # FiftyOne reads its config at import; set it again in case it was imported earlier.
+    config = fiftyone.config
+    config.database_dir = fiftyone_env["FIFTYONE_DATABASE_DIR"]
+    config.database_validation = False
+    config.do_not_track = True
+    config.plugins_dir = fiftyone_env["FIFTYONE_PLUGINS_DIR"]
+    config.show_progress_bars = False
+    try:
+        fiftyone.list_datasets()
+    except Exception as exc:  # missing or broken mongod surfaces as various errors
+        unavailable(f"FiftyOne's database did not start ({type(exc).__name__}: {exc})")
+    return fiftyone
+
+
+@pytest.fixture
+def dataset_name() -> str:
+    """A fresh dataset name (datasets are non-persistent and die with the session's DB)."""
+    return f"autolabel-test-{uuid.uuid4().hex[:10]}"
+
+
+def full_mask(detection: object, width: int, height: int) -> np.ndarray:
+    """A detection's box-cropped mask pasted back into an H x W bool image."""
+    x = round(detection.bounding_box[0] * width)
+    y = round(detection.bounding_box[1] * height)
+    crop = np.asarray(detection.mask, dtype=bool)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
+    return mask

@@ -1,0 +1,159 @@
+"""`autolabel push fiftyone` against a real FiftyOne database, on a real tiny run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from fo_support import full_mask
+
+from autolabel.cli import main
+from autolabel.errors import UsageError
+from autolabel.instances import decode_rle
+from autolabel.writers.png import read_label_png
+
+pytest_plugins = ["fo_support"]
+pytestmark = pytest.mark.integration
+
+
+def _coco(out: Path) -> dict:
+    return json.loads((out / "annotations.json").read_text())
+
+
+def _by_filepath(dataset: object) -> dict[str, object]:
+    return {sample.filepath: sample for sample in dataset}
+
+
+def test_push_matches_annotations_mask_for_mask(fo: ModuleType, tiny_run: Path, dataset_name: str):
+    from autolabel.sinks.fiftyone import push_run
+
+    summary = push_run(tiny_run, dataset_name)
+    assert (summary.added, summary.updated, summary.missing) == (3, 0, [])
+
+    dataset = fo.load_dataset(dataset_name)
+    run = json.loads((tiny_run / "run.json").read_text())
+    coco = _coco(tiny_run)
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    assert len(dataset) == len(coco["images"]) == 3
+    assert dataset.mask_targets["autolabel_semantic"] == names
+    assert summary.instances == len(coco["annotations"]) > 0
+
+    samples = _by_filepath(dataset)
+    compared = 0
+    for image in coco["images"]:
+        path = str(Path(run["images_root"]) / image["file_name"])
+        sample = samples[path]
+        width, height = image["width"], image["height"]
+        assert (sample.metadata.width, sample.metadata.height) == (width, height)
+        expected = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        detections = sample.autolabel_instances.detections
+        assert len(detections) == len(expected)
+        for det, ann in zip(detections, expected, strict=True):
+            assert det.label == names[ann["category_id"]]
+            assert det.confidence == pytest.approx(ann["score"])
+            assert np.array_equal(full_mask(det, width, height), decode_rle(ann["segmentation"]))
+            compared += 1
+        png = tiny_run / "masks" / f"{Path(image['file_name']).with_suffix('')}.png"
+        assert np.array_equal(sample.autolabel_semantic.get_mask(), read_label_png(png))
+    assert compared == len(coco["annotations"])
+
+    info = dataset.get_run_info("autolabel")
+    assert info.config.method == run["method"] == "fast"
+    assert info.config.settings == run["settings"]
+    assert info.config.vocabulary == run["vocabulary"]
+    assert info.config.models == run["models"]
+    assert info.config.fields == ["autolabel_instances", "autolabel_semantic"]
+    assert dataset.load_run_results("autolabel").instances == len(coco["annotations"])
+
+
+def test_push_again_updates_fields_without_new_samples(
+    fo: ModuleType, tiny_run: Path, dataset_name: str
+):
+    from autolabel.sinks.fiftyone import push_run
+
+    push_run(tiny_run, dataset_name)
+    dataset = fo.load_dataset(dataset_name)
+    ids = sorted(dataset.values("id"))
+
+    # Drop the first annotation: the re-push must replace that sample's detections.
+    coco = _coco(tiny_run)
+    dropped = coco["annotations"].pop(0)
+    (tiny_run / "annotations.json").write_text(json.dumps(coco))
+    summary = push_run(tiny_run, dataset_name)
+
+    assert (summary.added, summary.updated) == (0, 3)
+    assert sorted(dataset.values("id")) == ids
+    counts = {
+        image["id"]: sum(a["image_id"] == image["id"] for a in coco["annotations"])
+        for image in coco["images"]
+    }
+    root = Path(json.loads((tiny_run / "run.json").read_text())["images_root"])
+    samples = _by_filepath(dataset)
+    for image in coco["images"]:
+        sample = samples[str(root / image["file_name"])]
+        assert len(sample.autolabel_instances.detections) == counts[image["id"]]
+    assert dropped["image_id"] in counts
+    assert len(dataset.get_run_info("autolabel").config.fields) == 2
+    assert dataset.list_runs() == ["autolabel"]
+
+
+def test_coco_file_imports_losslessly_with_fiftyone_importer(
+    fo: ModuleType, tiny_run: Path, dataset_name: str
+):
+    from autolabel.sinks.fiftyone import push_run
+
+    push_run(tiny_run, dataset_name)
+    pushed = _by_filepath(fo.load_dataset(dataset_name))
+    root = json.loads((tiny_run / "run.json").read_text())["images_root"]
+    imported = fo.Dataset.from_dir(
+        dataset_type=fo.types.COCODetectionDataset,
+        data_path=root,
+        labels_path=str(tiny_run / "annotations.json"),
+        label_types=["segmentations"],
+        label_field="coco",
+    )
+    assert len(imported) == len(pushed) == 3
+    compared = 0
+    for sample in imported:
+        ours = pushed[sample.filepath].autolabel_instances.detections
+        theirs = sample.coco.detections
+        assert len(theirs) == len(ours)
+        for a, b in zip(theirs, ours, strict=True):
+            assert a.label == b.label
+            assert a.confidence == pytest.approx(b.confidence)
+            assert a.bounding_box == pytest.approx(b.bounding_box)
+            assert np.array_equal(a.mask, b.mask)
+            compared += 1
+    assert compared > 0
+
+
+def test_cli_push(fo: ModuleType, tiny_run: Path, dataset_name: str, capsys) -> None:
+    code = main(["push", "fiftyone", str(tiny_run), "--dataset", dataset_name, "--persistent"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "3 samples added" in text
+    dataset = fo.load_dataset(dataset_name)
+    assert dataset.persistent and len(dataset) == 3
+    dataset.delete()
+
+
+def test_cli_push_reports_usage_errors(fo: ModuleType, tmp_path: Path, tiny_run: Path, capsys):
+    code = main(["push", "fiftyone", str(tmp_path / "nothing"), "--dataset", "x"])
+    assert code == 2
+    assert "no run.json" in capsys.readouterr().err
+
+    code = main(["push", "fiftyone", str(tiny_run), "--dataset", "x", "--field", "bad-name"])
+    assert code == 2
+    assert "'bad-name'" in capsys.readouterr().err
+    assert "x" not in fo.list_datasets()
+
+
+def test_field_prefix_is_validated_before_anything_is_written(fo: ModuleType, tiny_run: Path):
+    from autolabel.sinks.fiftyone import push_run
+
+    with pytest.raises(UsageError, match="letters, digits and underscores"):
+        push_run(tiny_run, "never-created", field_prefix="1st")
+    assert "never-created" not in fo.list_datasets()
