@@ -31,7 +31,8 @@ def test_run_writes_every_output(
     assert "3 images labelled" in text and "0 failed" in text
 
     coco = COCO(str(out / "annotations.json"))
-    assert [c["name"] for c in coco.dataset["categories"]] == ["red square", "blue disc", "green bar"]
+    names = [c["name"] for c in coco.dataset["categories"]]
+    assert names == ["red square", "blue disc", "green bar"]
     images = {im["file_name"]: im for im in coco.dataset["images"]}
     assert set(images) == {"a.png", "b.jpg", "sub/c.png"}
     assert (images["a.png"]["width"], images["a.png"]["height"]) == (96, 64)
@@ -99,7 +100,7 @@ def test_offline_weights_give_one_actionable_message(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     args = ["run", str(image_folder), "--vocab", str(vocab_file), "-o", str(tmp_path / "o"),
-            "--method", "fast", "--model", "ViT-B-32", "--pretrained", "openai", "--device", "cpu"]  # fmt: skip
+            "--method", "fast", "--model", "ViT-B-32", "--pretrained", "openai"]  # fmt: skip
     code, text = _run(args, capsys)
     assert code == 2
     assert "--checkpoint" in text and str(tmp_path / "hf") in text

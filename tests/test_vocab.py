@@ -9,7 +9,8 @@ from autolabel.vocab import DEFAULT_BACKGROUND, Vocabulary, load_vocabulary, par
 
 
 def test_parse_synonyms_comments_blank_lines_and_order() -> None:
-    vocab = parse_vocabulary("# header\ncat\n\ntraffic light: stoplight, traffic signal  # x\ndog\n")
+    text = "# header\ncat\n\ntraffic light: stoplight, traffic signal  # x\ndog\n"
+    vocab = parse_vocabulary(text)
     assert vocab.names == ["cat", "traffic light", "dog"]
     assert vocab.classes[1].prompts == ("traffic light", "stoplight", "traffic signal")
     assert vocab.background == DEFAULT_BACKGROUND

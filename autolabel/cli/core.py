@@ -172,7 +172,7 @@ def models() -> None:
     console.print(table)
     console.print("recipes: " + ", ".join(list_recipes()))
     console.print("'toy': the bundled toy-world model (offline; for the demo and tests)")
-    tags = Table("open_clip model", "pretrained tags", title="CLIP backbones (--model/--pretrained)")
+    tags = Table("open_clip model", "pretrained tags", title="--model / --pretrained")
     for name, tag_list in _group_pretrained(open_clip.list_pretrained()).items():
         tags.add_row(name, ", ".join(tag_list))
     console.print(tags)

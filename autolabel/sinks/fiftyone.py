@@ -96,6 +96,13 @@ def _declare_fields(dataset: fo.Dataset, field_prefix: str, names: list[str]) ->
     dataset.save()
 
 
+def _root(collection: SampleCollection) -> fo.Dataset:
+    """The dataset a view belongs to (where fields and runs are written)."""
+    if isinstance(collection, fo.Dataset):
+        return collection
+    return fo.load_dataset(collection.dataset_name)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -293,7 +300,7 @@ def segment_samples(
     target = collection if overwrite else collection.exists(instances_field, False)
     ids, paths = target.values(["id", "filepath"])
     progress = SegmentProgress(0, len(ids))
-    dataset = fo.load_dataset(collection.dataset_name)
+    dataset = _root(collection)
     segmenter = build_segmenter(resolved.method, resolved.settings, device) if ids else None
     _declare_fields(dataset, field_prefix, vocab.names)
     for start in range(0, len(ids), batch_size):
@@ -412,7 +419,7 @@ def score_disagreement(
         worst = sorted((iou, names[cls - 1]) for cls, iou in ious.items() if iou < MISTAKE_IOU)
         classes[sample.id] = [name for _, name in worst]
         paths[sample.id] = sample.filepath
-    dataset = fo.load_dataset(collection.dataset_name)
+    dataset = _root(collection)
     if scores:
         dataset.set_values(score_field, scores, key_field="id")
         dataset.set_values(score_field + CLASSES_SUFFIX, classes, key_field="id")
@@ -436,7 +443,7 @@ def score_disagreement(
 def _label_type(collection: SampleCollection, label_field: str) -> type:
     schema = collection.get_field_schema()
     if label_field not in schema:
-        raise UsageError(f"dataset {collection.dataset_name!r} has no field {label_field!r}")
+        raise UsageError(f"dataset {_root(collection).name!r} has no field {label_field!r}")
     kind = getattr(schema[label_field], "document_type", None)
     if kind not in LABEL_TYPES:
         raise UsageError(
