@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from autolabel.store import STATE_DIR
+
 EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 )
@@ -75,23 +77,28 @@ def scan_images(
     problems: list[tuple[str, str]] = []
     visited: set[tuple[int, int]] = set()
 
-    def walk(folder: Path) -> None:
+    # Stacks, not recursion: folder depth is the user's, not ours. Symlinked folders wait until
+    # every real folder is scanned, so a link (not the real folder) is the duplicate reported.
+    pending, linked = [root], []
+    while pending or linked:
+        folder = pending.pop() if pending else linked.pop()
         try:
             st = folder.stat()
         except OSError as exc:
             problems.append((_rel(folder, root), _stat_problem(exc, "cannot open folder")))
-            return
+            continue
         if (st.st_dev, st.st_ino) in visited:
             problems.append(
                 (_rel(folder, root), "symlink to a folder already scanned (a loop or a duplicate)")
             )
-            return
+            continue
         visited.add((st.st_dev, st.st_ino))
         try:
-            children = sorted(os.scandir(folder), key=lambda e: e.name)
+            with os.scandir(folder) as listing:
+                children = sorted(listing, key=lambda e: e.name)
         except OSError as exc:
             problems.append((_rel(folder, root), f"cannot list folder: {exc.strerror}"))
-            return
+            continue
         for child in children:
             path = Path(child.path)
             if child.name.startswith(".") or (
@@ -111,7 +118,10 @@ def scan_images(
                 problems.append((rel, _stat_problem(exc, "cannot stat")))
                 continue
             if stat.S_ISDIR(st_child.st_mode):
-                walk(path)
+                if os.path.isdir(path / STATE_DIR):
+                    problems.append((rel, "output folder of another autolabel run (not scanned)"))
+                else:
+                    (linked if child.is_symlink() else pending).append(path)
             elif path.suffix.lower() not in EXTENSIONS:
                 kind = path.suffix.lower() or "no extension"
                 problems.append((rel, f"not a supported image type ({kind})"))
@@ -120,7 +130,6 @@ def scan_images(
             else:
                 found.append((rel, path))
 
-    walk(root)
     found.sort(key=lambda item: item[0])
     keys = _unique_keys([rel for rel, _ in found])
     entries = [
@@ -226,7 +235,8 @@ def _decode(entry: ImageEntry, im: Image.Image) -> LoadedImage | LoadError:
     if converted:
         notes.append(converted)
     if min(rgb.shape[:2]) < SMALL_SIDE:
-        notes.append(f"very small image ({rgb.shape[1]}x{rgb.shape[0]}); labels are unreliable")
+        size = f"{rgb.shape[1]}x{rgb.shape[0]}"
+        notes.append(f"a side under {SMALL_SIDE} px ({size}); labels are unreliable")
     return LoadedImage(entry, rgb, "; ".join(notes))
 
 

@@ -8,8 +8,6 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from autolabel.resize import resize_labels
-
 
 @dataclass
 class Instance:
@@ -78,32 +76,33 @@ def instances_from_labels(
     min_area is counted in output pixels.
     """
     h, w = labels.shape
-    scale = (out_size[0] * out_size[1]) / float(h * w)
+    big_h, big_w = out_size
+    # Output pixel -> source pixel (nearest, pixel centres), as resize_labels does.
+    src_rows = np.minimum(((np.arange(big_h) + 0.5) * h / big_h).astype(int), h - 1)
+    src_cols = np.minimum(((np.arange(big_w) + 0.5) * w / big_w).astype(int), w - 1)
     instances: list[Instance] = []
     # 8-connectivity: thin diagonal parts of one object stay one instance.
     structure = np.ones((3, 3), dtype=bool)
     for cls in np.unique(labels):
         if cls == 0:
             continue
-        components, count = ndimage.label(labels == cls, structure=structure)
-        slices = ndimage.find_objects(components)
-        for index in range(1, count + 1):
-            region = components == index
-            # A cheap pre-filter in working pixels; the exact area is checked after resizing.
-            if region.sum() * scale < min_area * 0.5:
-                continue
-            full = region if (h, w) == out_size else resize_labels(region, out_size).astype(bool)
-            area = int(full.sum())
+        components, _ = ndimage.label(labels == cls, structure=structure)
+        # Work inside each component's bounding box: cost follows the component, not the image.
+        for index, box in enumerate(ndimage.find_objects(components), 1):
+            region = components[box] == index
+            r0, r1 = np.searchsorted(src_rows, [box[0].start, box[0].stop])
+            c0, c1 = np.searchsorted(src_cols, [box[1].start, box[1].stop])
+            rows = src_rows[r0:r1, None] - box[0].start
+            crop = region[rows, src_cols[None, c0:c1] - box[1].start]
+            area = int(crop.sum())
             if area == 0 or area < min_area:
                 continue
-            score = 1.0 if probs is None else float(probs[cls][slices[index - 1]][
-                region[slices[index - 1]]
-            ].mean())
+            full = np.zeros(out_size, dtype=bool)
+            full[r0:r1, c0:c1] = crop
+            score = 1.0 if probs is None else float(probs[cls][box][region].mean())
             rle = encode_rle(full)
             bbox = [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))]
-            instances.append(
-                Instance(int(cls), rle, area, bbox, min(max(score, 0.0), 1.0))
-            )
+            instances.append(Instance(int(cls), rle, area, bbox, min(max(score, 0.0), 1.0)))
     return instances
 
 

@@ -111,7 +111,7 @@ def run_job(
     finished = store.open(identity, resume=config.resume, overwrite=config.overwrite)
     try:
         summary = RunSummary(config.out, found=len(entries), skipped=skipped)
-        todo = [e for e in entries if not _is_finished(e, finished.get(e.rel))]
+        todo = [e for e in entries if not _is_finished(e, finished.get(e.rel), config)]
         del finished
         summary.resumed = len(entries) - len(todo)
         if todo and segmenter is None:
@@ -158,9 +158,16 @@ def _mask_name(entry: ImageEntry) -> str:
     return f"masks/{entry.key}.png"
 
 
-def _is_finished(entry: ImageEntry, record: dict[str, Any] | None) -> bool:
-    """An ok record of this very file whose mask sits where this run would put it."""
-    if record is None or record.get("mask") != _mask_name(entry):
+def _preview_name(mask: str) -> str:
+    return f"previews/{mask[len('masks/') : -len('.png')]}.jpg"
+
+
+def _is_finished(entry: ImageEntry, record: dict[str, Any] | None, config: RunConfig) -> bool:
+    """An ok record of this very file whose outputs are where this run would put them."""
+    mask = _mask_name(entry)
+    if record is None or record.get("mask") != mask or not (config.out / mask).is_file():
+        return False
+    if config.previews and not (config.out / _preview_name(mask)).is_file():
         return False
     try:
         return record.get("stamp") == _stamp(entry.path)
@@ -272,9 +279,7 @@ def _write_image(
     mask = _mask_name(item.entry)
     write_label_png(config.out / mask, semantic_from_instances(instances, size))
     if config.previews:
-        write_preview(
-            config.out / "previews" / f"{item.entry.key}.jpg", item.rgb, instances, vocab.names
-        )
+        write_preview(config.out / _preview_name(mask), item.rgb, instances, vocab.names)
     note = item.note
     h, w = size
     if max(h, w) > MAX_ASPECT * min(h, w):
@@ -302,7 +307,8 @@ def _failed(
     size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     # Outputs an earlier run made from a previous version of this file would now be stale.
-    for stale in (out / _mask_name(entry), out / "previews" / f"{entry.key}.jpg"):
+    mask = _mask_name(entry)
+    for stale in (out / mask, out / _preview_name(mask)):
         stale.unlink(missing_ok=True)
     record = {
         "file": entry.rel,
@@ -325,6 +331,7 @@ def _finish(
 ) -> None:
     """Assemble annotations.json and manifest.jsonl from the records, streaming."""
     current = {e.rel for e in entries}
+    _remove_outputs_of_removed_files(store, current)
 
     def ok_records() -> Iterator[dict[str, Any]]:
         return (r for r in store.sorted_records(current) if r["status"] == "ok")
@@ -349,6 +356,16 @@ def _finish(
             elif row["status"] == "failed":
                 summary.failed.append((row["file"], row["reason"]))
             manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _remove_outputs_of_removed_files(store: RunStore, current: set[str]) -> None:
+    """Delete masks and previews of images that left the input folder since an earlier run."""
+    live = {r["mask"] for r in store.sorted_records(current) if r["status"] == "ok"}
+    for rec in store.sorted_records():
+        mask = rec.get("mask")
+        if rec["file"] not in current and mask and mask not in live:
+            for stale in (store.out / mask, store.out / _preview_name(mask)):
+                stale.unlink(missing_ok=True)
 
 
 def _manifest_rows(

@@ -78,6 +78,7 @@ class RunStore:
                 )
         elif previous != identity and not overwrite:
             changed = [IDENTITY_WORDS.get(k, k) for k in identity if previous.get(k) != identity[k]]
+            changed = changed or ["configuration (written by another autolabel version)"]
             raise UsageError(
                 f"{self.out} holds a run made with a different {', '.join(changed)}; "
                 "use another --out folder, or --overwrite to replace that run"

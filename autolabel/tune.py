@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from autolabel.errors import UsageError
+from autolabel.errors import ModelLoadError, UsageError
 from autolabel.methods.base import Segmenter, SegResult, build_segmenter
 from autolabel.methods.pnp import class_text, clip_inputs, clip_presence, clip_probabilities
 from autolabel.models.clip import ClipModel
@@ -465,9 +465,15 @@ def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = N
     rels = [im.entry.rel for im in loaded]
     arrays = [fit_max_side(im.rgb, config.max_side) for im in loaded]
 
-    clip = load_clip(
-        config.clip_model, config.clip_pretrained, config.clip_checkpoint, config.device
-    )
+    try:
+        clip = load_clip(
+            config.clip_model, config.clip_pretrained, config.clip_checkpoint, config.device
+        )
+    except ModelLoadError as exc:
+        raise ModelLoadError(
+            f"autolabel tune, reward CLIP (--clip-model): {exc}\n"
+            "For the reward CLIP, pass the weights with --clip-checkpoint PATH."
+        ) from exc
     if config.tags is not None:
         tags, source = load_tags(config.tags, vocab, rels), str(config.tags)
     else:

@@ -146,16 +146,19 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print(
-        f"{'images':>8} {'failed':>6} {'instances':>9} {'seconds':>8} {'img/s':>6} "
-        f"{'peak RSS MB':>11} {'annotations.json MB':>19}"
-    )
+    header = (
+        "images", "failed", "instances", "seconds", "img/s", "peak RSS MB",
+        "after imports", "after 1st image", "after last image", "annotations.json MB",
+    )  # fmt: skip
+    print("  ".join(header))
     for r in results:
-        print(
-            f"{r['images']:>8} {r['failed']:>6} {r['annotations']:>9} {r['seconds']:>8} "
-            f"{r['images'] / max(r['seconds'], 1e-9):>6.1f} {r['peak_rss_mb']:>11} "
-            f"{r['annotations_json_mb']:>19}"
-        )
+        row = (
+            r["images"], r["failed"], r["annotations"], r["seconds"],
+            round(r["images"] / max(r["seconds"], 1e-9), 1), r["peak_rss_mb"],
+            r["imports_rss_mb"], r["rss_first_image_mb"], r["rss_last_image_mb"],
+            r["annotations_json_mb"],
+        )  # fmt: skip
+        print("  ".join(f"{v:>{len(h)}}" for v, h in zip(row, header, strict=True)))
     small, large = results[0]["peak_rss_mb"], results[1]["peak_rss_mb"]
     growth = (large - small) / small
     verdict = "ok" if abs(growth) <= args.tolerance else "FAIL"

@@ -1,6 +1,7 @@
 """FiftyOne test support: a private database and plugins folder per session, and mask helpers.
 
-Test modules load this with `pytest_plugins = ["fo_support"]`. Without FiftyOne or a working
+Test modules load it with `pytest_plugins = ["fo_support"]` (and never import it directly, so
+pytest can register it as a plugin). Without FiftyOne or a working
 mongod the tests skip, except under CI=true where they fail: CI must exercise them.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -16,7 +17,6 @@ import numpy as np
 import pytest
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "integrations" / "fiftyone"
-PLUGIN_NAME = "@autolabel/autolabel"
 
 
 def unavailable(reason: str) -> None:
@@ -78,11 +78,16 @@ def dataset_name() -> str:
     return f"autolabel-test-{uuid.uuid4().hex[:10]}"
 
 
-def full_mask(detection: object, width: int, height: int) -> np.ndarray:
-    """A detection's box-cropped mask pasted back into an H x W bool image."""
+def _paste(detection: object, width: int, height: int) -> np.ndarray:
     x = round(detection.bounding_box[0] * width)
     y = round(detection.bounding_box[1] * height)
     crop = np.asarray(detection.mask, dtype=bool)
     mask = np.zeros((height, width), dtype=bool)
     mask[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
     return mask
+
+
+@pytest.fixture
+def full_mask() -> Callable[[object, int, int], np.ndarray]:
+    """full_mask(detection, width, height): its box-cropped mask pasted into an H x W image."""
+    return _paste

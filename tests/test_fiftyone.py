@@ -8,7 +8,6 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from fo_support import full_mask
 
 from autolabel.cli import main
 from autolabel.errors import UsageError
@@ -16,7 +15,10 @@ from autolabel.instances import decode_rle
 from autolabel.writers.png import read_label_png
 
 pytest_plugins = ["fo_support"]
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 
 
 def _coco(out: Path) -> dict:
@@ -27,7 +29,9 @@ def _by_filepath(dataset: object) -> dict[str, object]:
     return {sample.filepath: sample for sample in dataset}
 
 
-def test_push_matches_annotations_mask_for_mask(fo: ModuleType, tiny_run: Path, dataset_name: str):
+def test_push_matches_annotations_mask_for_mask(
+    fo: ModuleType, tiny_run: Path, dataset_name: str, full_mask
+):
     from autolabel.sinks.fiftyone import push_run
 
     summary = push_run(tiny_run, dataset_name)

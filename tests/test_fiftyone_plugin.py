@@ -12,14 +12,19 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from fo_support import PLUGIN_NAME, full_mask
+import yaml
 from PIL import Image, ImageDraw
 
 from autolabel.instances import decode_rle
 
 pytest_plugins = ["fo_support"]
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 
+PLUGIN_YML = Path(__file__).resolve().parent.parent / "integrations" / "fiftyone" / "fiftyone.yml"
+PLUGIN_NAME = yaml.safe_load(PLUGIN_YML.read_text())["name"]
 SEGMENT = f"{PLUGIN_NAME}/segment"
 MISTAKES = f"{PLUGIN_NAME}/find_label_mistakes"
 
@@ -67,9 +72,15 @@ def test_fiftyone_cli_lists_plugin_and_operators(fo: ModuleType, fiftyone_env: d
 
 
 def test_segment_operator_writes_the_same_masks_as_autolabel_run(
-    fo: ModuleType, image_dataset: object, tiny_run: Path, vocab_file: Path, tiny_recipe: Path
+    fo: ModuleType,
+    image_dataset: object,
+    tiny_run: Path,
+    vocab_file: Path,
+    tiny_recipe: Path,
+    full_mask,
 ) -> None:
-    _execute(fo, SEGMENT, view=image_dataset.view(), params=_segment_params(vocab_file, tiny_recipe))
+    params = _segment_params(vocab_file, tiny_recipe)
+    _execute(fo, SEGMENT, view=image_dataset.view(), params=params)
 
     coco = json.loads((tiny_run / "annotations.json").read_text())
     root = Path(json.loads((tiny_run / "run.json").read_text())["images_root"])
@@ -93,6 +104,27 @@ def test_segment_operator_writes_the_same_masks_as_autolabel_run(
     assert info.method == "fast"
     assert [c["name"] for c in info.vocabulary["classes"]] == list(names.values())
     assert image_dataset.mask_targets["autolabel_semantic"] == names
+
+
+def test_segment_form_rejects_a_bad_vocabulary_before_running(
+    fo: ModuleType, image_dataset: object, vocab_file: Path, tiny_recipe: Path
+) -> None:
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, ExecutionError
+    from fiftyone.operators.registry import OperatorRegistry
+
+    params = _segment_params(vocab_file, tiny_recipe, vocabulary="cat\nkitten\ncat")
+    context = ExecutionContext(
+        request_params={"dataset_name": image_dataset.name, "params": params}
+    )
+    form = OperatorRegistry().get_operator(SEGMENT).resolve_type(context, "inputs")
+    vocabulary = form.type.properties["vocabulary"]
+    assert vocabulary.invalid and "'cat' appears twice" in vocabulary.error_message
+    assert form.type.properties["delegate"].default is False  # 3 images: run immediately
+
+    with pytest.raises(ExecutionError, match="appears twice"):
+        foo.execute_operator(SEGMENT, ctx={"dataset": image_dataset, "params": params})
+    assert not image_dataset.has_field("autolabel_instances")
 
 
 def test_segment_operator_targets_selection_and_skips_existing(
@@ -131,9 +163,7 @@ def test_segment_operator_delegated_run(
     params = _segment_params(vocab_file, tiny_recipe, field="queued", delegate=True)
     queued = _execute(fo, SEGMENT, dataset=image_dataset, params=params)
     assert queued.delegated
-    assert image_dataset.count("queued_instances") == 0 if image_dataset.has_field(
-        "queued_instances"
-    ) else True
+    assert not image_dataset.has_field("queued_instances")
 
     service = DelegatedOperationService()
     service.execute_queued_operations(dataset_name=image_dataset.name)

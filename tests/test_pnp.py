@@ -165,11 +165,12 @@ def test_hooks_return_cross_attention_with_gradients(which: str, request) -> Non
                 input_ids=ids, pixel_values=pixels, attention_mask=mask,
                 interpolate_pos_encoding=True,
             ).itm_score[:, 1]  # fmt: skip
-        else:
-            own = net(
+        else:  # the retrieval class only forwards interpolate_pos_encoding in transformers 5
+            pooled = net.bridgetower(
                 input_ids=ids, pixel_values=pixels, attention_mask=mask,
                 interpolate_pos_encoding=True,
-            ).logits[:, 1]  # fmt: skip
+            ).pooler_output  # fmt: skip
+            own = net.itm_score(pooled)[:, 1]
     assert torch.allclose(logits.detach(), own, atol=1e-5)
 
 
@@ -342,11 +343,16 @@ def test_settings_errors_name_the_setting(tiny_blip: str) -> None:
         build_segmenter("pnp", {**settings_dict(tiny_blip), "resolution": 30}, "cpu")
 
 
-def test_model_errors_are_clear(tmp_path: Path, monkeypatch) -> None:
+def test_model_errors_are_clear(tmp_path: Path, tiny_blip: str, monkeypatch) -> None:
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelLoadError, match="class_filter: all"):
+        build_segmenter(
+            "pnp", {**settings_dict(tiny_blip), "class_filter": "clip", "clip_model": "RN50"}, "cpu"
+        )
     with pytest.raises(ModelLoadError, match="could not fetch weights") as info:
         load_itm("autolabel-tests/no-such-itm-model", "cpu")
     assert "--model DIR" in str(info.value) and "save_pretrained" in str(info.value)

@@ -12,7 +12,12 @@ from autolabel.cli.apps import app
 from autolabel.errors import AutolabelError
 
 # Each module attaches its commands to the apps in autolabel.cli.apps when imported.
-COMMAND_MODULES = ("autolabel.cli.core", "autolabel.cli.tune", "autolabel.cli.fiftyone")
+COMMAND_MODULES = (
+    "autolabel.cli.core",
+    "autolabel.cli.tune",
+    "autolabel.cli.fiftyone",
+    "autolabel.cli.labelstudio",
+)
 
 err_console = Console(stderr=True, soft_wrap=True)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,6 +24,8 @@ from autolabel.methods.base import DESCRIPTIONS
 from autolabel.runner import RunSummary, run_job
 
 console = Console(soft_wrap=True)
+# Failed, skipped and noted files listed at the end of a run; the rest are in manifest.jsonl.
+SUMMARY_LINES = 50
 
 
 def _version(value: bool) -> None:
@@ -149,10 +152,17 @@ def print_summary(summary: RunSummary) -> None:
         for name, count in summary.per_class.most_common():
             table.add_row(name, str(count))
         console.print(table)
-    for rel, reason in summary.failed:
-        console.print(f"[red]failed[/]  {rel}: {reason}", highlight=False)
-    for rel, reason in summary.skipped:
-        console.print(f"[yellow]skipped[/] {rel}: {reason}", highlight=False)
+    if not summary.found:
+        console.print("[yellow]no image files found[/] in the input folder", highlight=False)
+    for label, rows in (
+        ("[red]failed[/] ", summary.failed),
+        ("[yellow]skipped[/]", summary.skipped),
+        ("[cyan]note[/]   ", summary.notes),
+    ):
+        for rel, reason in rows[:SUMMARY_LINES]:
+            console.print(f"{label} {escape(rel)}: {escape(reason)}", highlight=False)
+        if len(rows) > SUMMARY_LINES:
+            console.print(f"{label} ... and {len(rows) - SUMMARY_LINES} more in manifest.jsonl")
     out = summary.out
     console.print(
         f"outputs: {out / 'annotations.json'} ({summary.annotations_written} instances), "

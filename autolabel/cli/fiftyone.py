@@ -33,8 +33,8 @@ def push_fiftyone(
         from autolabel.sinks.fiftyone import push_run
     except ImportError as exc:
         raise UsageError(
-            f"FiftyOne is not available ({exc}); install it with "
-            "`pip install 'autolabel[fiftyone]'` (README: FiftyOne)"
+            f"FiftyOne is not available ({exc}); install it with `pip install fiftyone` "
+            "(README, FiftyOne section: the database wheel for offline machines)"
         ) from exc
     summary = push_run(out, dataset, field, persistent)
     instances_field, semantic_field = summary.fields

@@ -203,6 +203,7 @@ class FastEngine:
         self.stats: Counter = Counter()
         self._embeddings: dict[bytes, torch.Tensor] = {}
 
+    @torch.no_grad()
     def prepare(self, images: list[np.ndarray]) -> list[gradcam.CamImage]:
         """Run f's trunk once per image, batching images whose CAM inputs have the same size."""
         self._embeddings.clear()
@@ -226,6 +227,7 @@ class FastEngine:
         side = self.settings.cam_max_side
         return gradcam.cam_pixels(image, clip.patch_size, clip.mean, clip.std, side)
 
+    @torch.no_grad()
     def propose(
         self, state: gradcam.CamImage, cam_texts: list[str], bg_texts: list[str]
     ) -> np.ndarray:
@@ -240,6 +242,7 @@ class FastEngine:
         refined = gradcam.refine(state.affinity, cams, boxes.to(cams.device))
         return gradcam.upsample(refined, state.size)
 
+    @torch.no_grad()
     def classify(
         self, prompted: list[list[np.ndarray]], texts: list[list[str]]
     ) -> list[np.ndarray]:
@@ -274,6 +277,7 @@ class ReferenceEngine:
         self.f, self.g, self.settings = f, g, settings
         self.stats: Counter = Counter()
 
+    @torch.no_grad()
     def prepare(self, images: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
         """Keep each image's CAM input; the trunk runs again at every step."""
         side = self.settings.cam_max_side
@@ -283,6 +287,7 @@ class ReferenceEngine:
             for im in images
         ]
 
+    @torch.no_grad()
     def propose(self, state, cam_texts: list[str], bg_texts: list[str]) -> np.ndarray:
         """Per query: its own Grad-CAM pass and backward, its own affinity and refinement."""
         pixels, size = state
@@ -302,6 +307,7 @@ class ReferenceEngine:
             cams.append(gradcam.refine_single(maps, cam, torch.from_numpy(box).to(cam.device)))
         return gradcam.upsample(torch.stack(cams), size)
 
+    @torch.no_grad()
     def classify(
         self, prompted: list[list[np.ndarray]], texts: list[list[str]]
     ) -> list[np.ndarray]:
@@ -360,7 +366,7 @@ def _penultimate_embedding(clip: ClipModel, pixels: torch.Tensor, parity: bool) 
     visual = clip.model.visual
     x = gradcam.embed_tokens(visual, pixels)
     for block in visual.transformer.resblocks[: gradcam.trunk_depth(visual, x.shape[1], parity)]:
-        x, _ = gradcam.block_forward(block, x)
+        x, _ = gradcam.block_forward(block, x, average=False)
     feats = visual.ln_post(x[:, 0]) @ visual.proj
     return feats / feats.norm(dim=-1, keepdim=True)
 

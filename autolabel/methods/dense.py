@@ -176,9 +176,7 @@ def _windows(size: torch.Size, window: int, stride: int) -> list[tuple[int, int,
         positions = list(range(0, length - window, stride)) + [length - window]
         return sorted(set(positions))
 
-    return [
-        (y, x, min(y + window, h), min(x + window, w)) for y in starts(h) for x in starts(w)
-    ]
+    return [(y, x, min(y + window, h), min(x + window, w)) for y in starts(h) for x in starts(w)]
 
 
 def build(settings: dict[str, Any], device: str) -> DenseCLIPSegmenter:

@@ -85,16 +85,37 @@ def embed_tokens(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return visual.ln_pre(x)
 
 
+def attention(
+    attn: torch.nn.MultiheadAttention, y: torch.Tensor, average: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Self-attention output and head-averaged weights (B, T, T), or None without `average`.
+
+    The arithmetic of nn.MultiheadAttention's need_weights=True path, which the official code
+    runs (packed in-projection, q scaled before q·kᵀ, explicit softmax), written out so that
+    torch's FLOP counter sees every product (the fused CPU kernel hides them).
+    """
+    b, t, c = y.shape
+    heads = attn.num_heads
+    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (z.reshape(b, t, heads, c // heads).transpose(1, 2) for z in (q, k, v))
+    weights = (q * math.sqrt(1.0 / (c // heads)) @ k.transpose(-2, -1)).softmax(dim=-1)
+    out = F.linear((weights @ v).transpose(1, 2).reshape(b, t, c), attn.out_proj.weight,
+                   attn.out_proj.bias)  # fmt: skip
+    return out, weights.mean(dim=1) if average else None
+
+
 def block_forward(
-    block: torch.nn.Module, x: torch.Tensor, normed: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    block: torch.nn.Module,
+    x: torch.Tensor,
+    normed: torch.Tensor | None = None,
+    average: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One residual block; returns its output and its head-averaged attention (B, T, T).
 
-    `normed` is ln_1(x) when the caller needs that tensor (the Grad-CAM layer). Attention runs
-    through nn.MultiheadAttention with need_weights=True, the official code's arithmetic.
+    `normed` is ln_1(x) when the caller needs that tensor (the Grad-CAM layer).
     """
     y = block.ln_1(x) if normed is None else normed
-    out, weights = block.attn(y, y, y, need_weights=True)
+    out, weights = attention(block.attn, y, average)
     x = x + block.ls_1(out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, weights
@@ -146,8 +167,9 @@ def encode_cam_images(
     first_kept = depth + 1 - AFFINITY_LAYERS
     maps: list[torch.Tensor] = []
     for index in range(depth):
-        x, weights = block_forward(visual.transformer.resblocks[index], x)
-        if index >= first_kept:
+        block = visual.transformer.resblocks[index]
+        x, weights = block_forward(block, x, average=index >= first_kept)
+        if weights is not None:
             maps.append(weights)
     grid = (pixels.shape[-2] // visual.conv1.stride[0], pixels.shape[-1] // visual.conv1.stride[1])
     return [
@@ -156,8 +178,9 @@ def encode_cam_images(
 
 
 def sinkhorn_affinity(maps: list[torch.Tensor]) -> torch.Tensor:
-    """(n, n) transition matrix from (1+n)^2 attention maps: mean, Sinkhorn, symmetrise, square."""
-    attn = torch.stack([m[1:, 1:] for m in maps]).mean(dim=0)
+    """(n, n) transition matrix from per-block (1+n)^2 attention maps, in block order: mean of
+    the last AFFINITY_LAYERS patch-to-patch maps, Sinkhorn, symmetrise, square."""
+    attn = torch.stack([m[1:, 1:] for m in maps[-AFFINITY_LAYERS:]]).mean(dim=0)
     trans = attn
     for _ in range(SINKHORN_ROUNDS):
         trans = trans / trans.sum(dim=0, keepdim=True)

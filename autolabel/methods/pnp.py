@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from autolabel.errors import UsageError
+from autolabel.errors import ModelLoadError, UsageError
 from autolabel.methods.base import SegResult
 from autolabel.methods.dense import DEFAULT_TEMPLATES
 from autolabel.models.blip import DEFAULT_BLIP, ItmModel, load_itm
@@ -433,7 +433,16 @@ class PnPSegmenter:
             )
         self.clip: ClipModel | None = None
         if cfg.class_filter == "clip":
-            self.clip = load_clip(cfg.clip_model, cfg.clip_pretrained, cfg.clip_checkpoint, device)
+            try:
+                self.clip = load_clip(
+                    cfg.clip_model, cfg.clip_pretrained, cfg.clip_checkpoint, device
+                )
+            except ModelLoadError as exc:
+                raise ModelLoadError(
+                    f"method pnp, CLIP presence filter (settings.clip_model): {exc}\n"
+                    "For pnp, give the CLIP weights as settings.clip_checkpoint in a recipe, or "
+                    "set class_filter: all to put every class in the prompt without CLIP."
+                ) from exc
 
     def describe(self) -> dict[str, Any]:
         """Settings and model provenance for run.json."""

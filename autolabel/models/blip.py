@@ -187,7 +187,7 @@ def load_itm(model: str = DEFAULT_BLIP, device: str = "cpu") -> ItmModel:
         raise ModelLoadError(
             offline_message(f"model {model!r} (Hugging Face hub)", exc, _hub_fix(model), "id")
         ) from exc
-    missing_head = [k for k in info.get("missing_keys", ()) if k.startswith(("itm", "itm_score"))]
+    missing_head = [k for k in info.get("missing_keys", ()) if k.startswith("itm")]
     if missing_head:
         raise ModelLoadError(
             f"--model {model}: the checkpoint has no image-text-matching head "

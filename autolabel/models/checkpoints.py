@@ -11,6 +11,7 @@ QuickGELU, and everything else follows the named open_clip config.
 
 from __future__ import annotations
 
+import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -102,7 +103,7 @@ def create_from_checkpoint(
     path = Path(checkpoint)
     try:
         state, scripted = read_state_dict(path)
-    except (OSError, RuntimeError, ValueError, EOFError) as exc:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"--checkpoint {checkpoint}: cannot read it ({exc})") from exc
     openai = looks_openai(state, scripted)
     quick_gelu = wants_quick_gelu(name, pretrained) if pretrained else openai
@@ -120,7 +121,7 @@ def create_from_checkpoint(
         else:
             del state  # open_clip re-reads the file with its own format conversions
             open_clip.load_checkpoint(model, str(path))
-    except (RuntimeError, KeyError, ValueError) as exc:
+    except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
         raise ModelLoadError(
             f"--checkpoint {checkpoint}: its weights do not fit model {name!r} ({exc})"
         ) from exc

@@ -189,16 +189,15 @@ def push_run(
         else:
             missing.append(image["file_name"])
     known = set(dataset.values("filepath"))
-    dataset.add_samples(
-        [
-            fo.Sample(
-                filepath=path,
-                metadata=fo.ImageMetadata(width=image["width"], height=image["height"]),
-            )
-            for path, image in present
-            if path not in known
-        ]
-    )
+    new = [
+        fo.Sample(
+            filepath=path, metadata=fo.ImageMetadata(width=image["width"], height=image["height"])
+        )
+        for path, image in present
+        if path not in known
+    ]
+    if new:
+        dataset.add_samples(new)
     _declare_fields(dataset, field_prefix, run.names)
     instance_count = 0
     for start in range(0, len(present), WRITE_CHUNK):
@@ -228,11 +227,10 @@ def push_run(
         },
         {"images": len(present), "instances": instance_count, "pushed": _now()},
     )
-    added = sum(1 for path, _ in present if path not in known)
     return PushSummary(
         dataset.name,
-        added,
-        len(present) - added,
+        len(new),
+        len(present) - len(new),
         instance_count,
         (instances_field, semantic_field),
         missing,

@@ -13,12 +13,37 @@ import torch.nn.functional as F
 NACLIP_SIGMA = 5.0  # Gaussian neighbourhood in patches (NACLIP's default, ovss_landscape.md §3)
 
 
+def block_forward(block: torch.nn.Module, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """open_clip's ResidualAttentionBlock (no layer scale), computed without nn.MultiheadAttention.
+
+    Same result; nn.MultiheadAttention's batch-first path copies and re-zeroes its q/k/v slices
+    in every backward pass, which made CPU training several times slower.
+    """
+    attn = block.attn
+    b, n, d = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    x = x + attn.out_proj(out.transpose(1, 2).reshape(b, n, d))
+    return x + block.mlp(block.ln_2(x))
+
+
 def last_block_input(visual: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Tokens (B, 1 + N, D) entering the last transformer block; images are normalised."""
     x = visual._embeds(images)
     for block in visual.transformer.resblocks[:-1]:
-        x = block(x)
+        x = block_forward(block, x)
     return x
+
+
+def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """model.encode_text (causal mask, argmax/EOT pooling) through block_forward."""
+    x = model.token_embedding(tokens) + model.positional_embedding
+    for block in model.transformer.resblocks:
+        x = block_forward(block, x, causal=True)
+    x = model.ln_final(x)
+    return x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)] @ model.text_projection
 
 
 def project(visual: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -28,10 +53,12 @@ def project(visual: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 def standard_patches(visual: torch.nn.Module, x_in: torch.Tensor) -> torch.Tensor:
     """Projected patch tokens after the unchanged last block."""
-    return project(visual, visual.transformer.resblocks[-1](x_in))
+    return project(visual, block_forward(visual.transformer.resblocks[-1], x_in))
 
 
-def naclip_patches(visual: torch.nn.Module, x_in: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def naclip_patches(
+    visual: torch.nn.Module, x_in: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
     """Projected patch tokens after a NACLIP last block: softmax(s*KK^T + Gaussian), no residual/FFN."""
     block = visual.transformer.resblocks[-1]
     attn = block.attn
@@ -52,7 +79,7 @@ def _gaussian_bias_cpu(grid: tuple[int, int], sigma: float) -> torch.Tensor:
     gh, gw = grid
     ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
     pos = torch.stack([ys.flatten(), xs.flatten()], dim=1).float()
-    omega = torch.exp(-torch.cdist(pos, pos) ** 2 / (2 * sigma**2))
+    omega = torch.exp(-(torch.cdist(pos, pos) ** 2) / (2 * sigma**2))
     # The CLS row and column get no spatial bias.
     return F.pad(omega, (1, 0, 1, 0))
 

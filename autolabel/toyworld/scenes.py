@@ -135,9 +135,7 @@ def _place_objects(rng: np.random.Generator, size: int) -> list[ToyObject]:
             margin = 0.7 * radius
             centre = (rng.uniform(margin, size - margin), rng.uniform(margin, size - margin))
             # Objects may touch and overlap a little, never hide each other.
-            if all(
-                math.dist(centre, o.centre) > 0.85 * (radius + o.radius) for o in placed
-            ):
+            if all(math.dist(centre, o.centre) > 0.85 * (radius + o.radius) for o in placed):
                 placed.append(ToyObject(int(class_id), centre, radius, rng.uniform(0, 360)))
                 break
     return placed

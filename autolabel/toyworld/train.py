@@ -18,7 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autolabel.toyworld.features import last_block_input, naclip_patches, standard_patches
+from autolabel.toyworld.features import (
+    encode_text,
+    last_block_input,
+    naclip_patches,
+    standard_patches,
+)
 from autolabel.toyworld.scenes import BACKGROUND_WORDS, CLASSES, make_scene
 from autolabel.vocab import DEFAULT_BACKGROUND
 
@@ -70,6 +75,8 @@ class TrainSettings:
     prompt_prob: float = 0.2  # share of images shown with one object kept and the rest blurred/grey
     threads: int = 2
     save_every: int = 500
+    device: str = "cpu"
+    workers: int = 1  # processes generating the scene pool (does not change the result)
 
 
 def caption(template: str, names: list[str]) -> str:
@@ -99,17 +106,23 @@ def train(
     size = TOY_CONFIG["vision_cfg"]["image_size"]
     patch = TOY_CONFIG["vision_cfg"]["patch_size"]
     grid = (size // patch, size // patch)
-    model = build_model(settings.seed)
+    device = torch.device(settings.device)
+    model = build_model(settings.seed).to(device)
+    # Random token vectors are fine as token identities; freezing the 49408-row table keeps
+    # each step cheap (its gradient and optimiser state would dwarf the rest of the model).
+    model.token_embedding.requires_grad_(False)
     model.train()
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=TOY_CONFIG["text_cfg"]["context_length"])
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(
+        context_length=TOY_CONFIG["text_cfg"]["context_length"]
+    )
     log(f"generating {settings.pool} scenes (seed {settings.seed})")
     t0 = time.time()
-    images, labels, names = _scene_pool(settings.seed, settings.pool, size)
+    images, labels, names = _scene_pool(settings.seed, settings.pool, size, settings.workers)
     log(f"  done in {time.time() - t0:.0f}s")
     opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
     rng = np.random.default_rng([settings.seed, 1])
-    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(OPENAI_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD, device=device).view(1, 3, 1, 1)
     n_bg = len(TRAIN_BACKGROUND)
     t0 = time.time()
     last: dict[str, float] = {}
@@ -119,12 +132,13 @@ def train(
             group["lr"] = lr
         idx = rng.integers(0, settings.pool, settings.batch_size)
         batch = _batch(rng, images[idx], labels[idx], [names[i] for i in idx], settings)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         x = (batch["images"] - mean) / std
         template = TEMPLATES[rng.integers(len(TEMPLATES))]
         prompts = [template.format(c) for c in CLASSES]
         prompts += [template.format(w) for w in TRAIN_BACKGROUND]
         prompts += batch["captions"]
-        text = F.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+        text = F.normalize(encode_text(model, tokenizer(prompts).to(device)), dim=-1)
         class_text, caption_text = text[: -len(batch["captions"])], text[-len(batch["captions"]) :]
         scale = model.logit_scale.exp()
 
@@ -136,7 +150,7 @@ def train(
         weight = batch["dense_mask"]
         dense_std = _dense_loss(std_tokens, class_text, n_bg, target, weight, scale)
         loss = clip_loss + settings.dense_weight * dense_std
-        dense_nac = torch.zeros(())
+        dense_nac = torch.zeros((), device=device)
         if settings.naclip_weight > 0:
             nac_tokens = naclip_patches(model.visual, x_in, grid)
             dense_nac = _dense_loss(nac_tokens, class_text, n_bg, target, weight, scale)
@@ -148,14 +162,14 @@ def train(
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        last = {
-            "loss": float(loss),
-            "clip": float(clip_loss),
-            "dense": float(dense_std),
-            "naclip": float(dense_nac),
-            "scale": float(scale),
-        }
         if step % 25 == 0 or step == settings.steps:
+            last = {
+                "loss": loss.item(),
+                "clip": clip_loss.item(),
+                "dense": dense_std.item(),
+                "naclip": dense_nac.item(),
+                "scale": scale.item(),
+            }
             rate = (time.time() - t0) / step
             log(
                 f"step {step}/{settings.steps} "
@@ -172,7 +186,7 @@ def save(model: torch.nn.Module, out: Path, settings: TrainSettings) -> None:
     """Write toy.json (open_clip config) and toy.pt (fp16 state dict) atomically."""
     import os
 
-    state = {k: v.detach().to(torch.float16) for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items()}
     tmp = out / "toy.pt.tmp"
     torch.save(state, tmp)
     os.replace(tmp, out / "toy.pt")
@@ -182,12 +196,21 @@ def save(model: torch.nn.Module, out: Path, settings: TrainSettings) -> None:
     os.replace(tmp, out / "toy.json")
 
 
-def _scene_pool(seed: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+def _scene_pool(
+    seed: int, count: int, size: int, workers: int = 1
+) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
     images = np.empty((count, size, size, 3), np.uint8)
     labels = np.empty((count, size, size), np.uint8)
     names: list[list[str]] = []
-    for i in range(count):
-        scene = make_scene(seed, i, size)
+    jobs = [(seed, i, size) for i in range(count)]
+    if workers > 1:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(workers) as pool:
+            scenes = pool.starmap(make_scene, jobs, chunksize=64)
+    else:
+        scenes = [make_scene(*job) for job in jobs]
+    for i, scene in enumerate(scenes):
         images[i] = scene.image
         labels[i] = scene.labels
         names.append([o.name for o in scene.objects])
@@ -263,7 +286,9 @@ def _contrastive(
     image: torch.Tensor, text: torch.Tensor, keys: list[frozenset], scale: torch.Tensor
 ) -> torch.Tensor:
     """Symmetric InfoNCE where captions naming the same set of classes all count as positives."""
-    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
+    same = torch.tensor(
+        [[a == b for b in keys] for a in keys], dtype=torch.float32, device=image.device
+    )
     targets = same / same.sum(dim=1, keepdim=True)
     logits = scale * image @ text.T
     return 0.5 * (
@@ -302,6 +327,8 @@ def _lr(step: int, s: TrainSettings) -> float:
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         if p.ndim < 2 or "embedding" in name or "logit_scale" in name:
             no_decay.append(p)
         else:

@@ -66,11 +66,17 @@ def write_preview(
     image = Image.fromarray(fit_max_side(out.astype(np.uint8), max_side))
     scale = image.width / rgb.shape[1]
     draw = ImageDraw.Draw(image)
-    for inst in instances:
+    # Only instances big enough to read get a caption; tiny specks would bury the image in text.
+    min_captioned = 0.002 * rgb.shape[0] * rgb.shape[1]
+    for inst in sorted(instances, key=lambda i: -i.area):
+        if inst.area < min_captioned:
+            continue
         x, y = inst.bbox[0] * scale, inst.bbox[1] * scale
         label = f"{names[inst.category_id - 1]} {inst.score:.2f}"
-        draw.rectangle([x, y, x + 7 * len(label) + 4, y + 12], fill=(0, 0, 0))
-        draw.text((x + 2, y), label, fill=tuple(int(v) for v in colours[inst.category_id]))
+        colour = tuple(int(v) for v in colours[inst.category_id])
+        ink = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
+        draw.rectangle([x, y, x + 6 * len(label) + 4, y + 11], fill=colour)
+        draw.text((x + 2, y), label, fill=ink)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=88)
     atomic_write_bytes(path, buffer.getvalue())

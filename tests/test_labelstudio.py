@@ -1,0 +1,313 @@
+"""Label Studio parts that need no server: configs, brush RLE, predictions, versions, review."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle
+
+from autolabel.errors import UsageError
+from autolabel.instances import Instance, encode_rle
+from autolabel.labelstudio.config import (
+    find_target,
+    make_label_config,
+    match_vocabulary,
+    parse_interface,
+    vocabulary_from_target,
+)
+from autolabel.labelstudio.provenance import model_version
+from autolabel.labelstudio.pull import PullSummary, review_task
+from autolabel.labelstudio.push import ImageUrls, load_run
+from autolabel.labelstudio.regions import (
+    brush_region,
+    check_prediction,
+    make_prediction,
+    polygon_mask,
+    region_mask,
+)
+from autolabel.vocab import parse_vocabulary
+
+VOCAB = parse_vocabulary('cat: kitty, feline\ndog: puppy\nfish & <chips> "x"\n')
+
+
+def _target(vocab=VOCAB, polygons=False):
+    config = make_label_config(vocab, polygons)
+    return find_target(parse_interface(config, "test"), "test"), config
+
+
+def _instance(category_id: int, mask: np.ndarray, score: float = 0.5) -> Instance:
+    rows, cols = np.nonzero(mask)
+    bbox = [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
+    return Instance(category_id, encode_rle(mask), int(mask.sum()), [float(v) for v in bbox], score)
+
+
+def test_generated_config_has_every_class_with_synonyms_as_predicted_values() -> None:
+    target, config = _target(polygons=True)
+    assert (target.from_name, target.to_name, target.value_key) == ("brush", "image", "image")
+    assert list(target.labels) == VOCAB.names  # vocabulary order, odd characters escaped
+    assert target.labels["cat"] == ("kitty", "feline")
+    assert target.labels["dog"] == ("puppy",)
+    assert target.polygon == "polygon"
+    assert 'predicted_values="kitty,feline"' in config
+
+
+def test_config_without_polygons_has_no_polygon_control() -> None:
+    target, config = _target()
+    assert target.polygon is None
+    assert "PolygonLabels" not in config
+
+
+def test_existing_config_matches_by_name_synonym_and_case() -> None:
+    config = """<View><Image name="img" value="$photo"/>
+      <BrushLabels name="masks" toName="img">
+        <Label value="Cat"/><Label value="Hound" predicted_values="dog, doggo"/>
+        <Label value="FISH &amp; &lt;chips&gt; &quot;x&quot;"/><Label value="extra"/>
+      </BrushLabels></View>"""
+    target = find_target(parse_interface(config, "p"), "p")
+    assert (target.from_name, target.to_name, target.value_key) == ("masks", "img", "photo")
+    assert match_vocabulary(target, VOCAB, "p") == ["Cat", "Hound", 'FISH & <chips> "x"']
+
+
+def test_mismatching_config_names_the_missing_classes() -> None:
+    config = """<View><Image name="image" value="$image"/>
+      <BrushLabels name="b" toName="image"><Label value="cat"/><Label value="horse"/></BrushLabels>
+      </View>"""
+    target = find_target(parse_interface(config, "project 7"), "project 7")
+    with pytest.raises(UsageError, match=r"project 7: .*'dog'.*'fish.*labels are 'cat', 'horse'"):
+        match_vocabulary(target, VOCAB, "project 7")
+
+
+def test_two_classes_on_one_label_are_refused() -> None:
+    config = """<View><Image name="image" value="$image"/>
+      <BrushLabels name="b" toName="image"><Label value="pet" predicted_values="cat,dog"/>
+      <Label value="fish &amp; &lt;chips&gt; &quot;x&quot;"/></BrushLabels></View>"""
+    target = find_target(parse_interface(config, "p"), "p")
+    with pytest.raises(UsageError, match="same label"):
+        match_vocabulary(target, VOCAB, "p")
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('<View><Image name="i" value="$i"/><Choices name="c" toName="i">'
+         '<Choice value="a"/></Choices></View>', "no <BrushLabels>"),
+        ("<View><Image name='i' value='$i'/><BrushLabels name='b' toName='i'>", "cannot be parsed"),
+        ('<View><Image name="i" value="$i"/><BrushLabels name="b" toName="i"/></View>',
+         "no labels"),
+    ],
+)  # fmt: skip
+def test_unusable_configs_are_usage_errors(config: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        find_target(parse_interface(config, "p"), "p")
+
+
+def test_vocabulary_from_config_drops_clashing_background_words() -> None:
+    config = """<View><Image name="image" value="$image"/><BrushLabels name="b" toName="image">
+      <Label value="tree" predicted_values="tree,shrub,car"/><Label value="car"/>
+      </BrushLabels></View>"""
+    target = find_target(parse_interface(config, "p"), "p")
+    vocab = vocabulary_from_target(target)
+    assert vocab.names == ["tree", "car"]
+    assert vocab.classes[0].synonyms == ("shrub",)  # its own name and another label dropped
+    assert "tree" not in vocab.background and "sky" in vocab.background
+
+
+@pytest.mark.parametrize("shape", [(37, 61), (61, 37), (1, 50), (50, 1), (48, 64)])
+def test_brush_rle_round_trip_is_exact_on_non_square_masks(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    mask = rng.random(shape) > 0.6
+    mask[0, -1] = True  # a corner pixel: a transposed or flipped decode would move it
+    mask[-1, 0] = False
+    target, _ = _target()
+    region = brush_region(mask, "cat", target, 0.7, "r1")
+    flat = np.asarray(decode_rle(region["value"]["rle"]))
+    assert flat.size == shape[0] * shape[1] * 4
+    assert set(np.unique(flat)) <= {0, 255}  # 0/255, not 0/1, or LS draws it transparent
+    label, back = region_mask(region)
+    assert label == "cat"
+    assert back.shape == shape
+    assert np.array_equal(back, mask)
+    assert (region["original_height"], region["original_width"]) == shape
+
+
+def test_prediction_has_one_region_per_instance_and_validates() -> None:
+    target, config = _target()
+    a = np.zeros((30, 50), bool)
+    a[2:10, 3:20] = True
+    b = np.zeros((30, 50), bool)
+    b[15:28, 30:45] = True
+    prediction = make_prediction(
+        [_instance(2, a, 0.9), _instance(1, b, 0.3)], VOCAB.names, target, "v1"
+    )
+    assert prediction["model_version"] == "v1"
+    assert prediction["score"] == pytest.approx(0.6)
+    assert [r["value"]["brushlabels"] for r in prediction["result"]] == [["dog"], ["cat"]]
+    assert [r["score"] for r in prediction["result"]] == [0.9, 0.3]
+    assert len({r["id"] for r in prediction["result"]}) == 2
+    interface = parse_interface(config, "p")
+    check_prediction(interface, prediction, "p")  # does not raise
+    assert np.array_equal(region_mask(prediction["result"][0])[1], a)
+
+
+def test_validation_rejects_unknown_labels_and_missing_brushlabels() -> None:
+    target, config = _target()
+    interface = parse_interface(config, "p")
+    mask = np.ones((4, 6), bool)
+    bad_label = make_prediction([_instance(1, mask)], ["horse", "dog", "x"], target, "v")
+    with pytest.raises(UsageError, match="rejected by the labeling config"):
+        check_prediction(interface, bad_label, "p")
+    no_labels = make_prediction([_instance(1, mask)], VOCAB.names, target, "v")
+    del no_labels["result"][0]["value"]["brushlabels"]
+    with pytest.raises(UsageError, match="rejected"):
+        check_prediction(interface, no_labels, "p")
+
+
+def test_empty_prediction_is_valid() -> None:
+    target, config = _target()
+    prediction = make_prediction([], VOCAB.names, target, "v")
+    assert prediction == {"model_version": "v", "score": 0.0, "result": []}
+    check_prediction(parse_interface(config, "p"), prediction, "p")
+
+
+def test_polygon_regions_rasterise_in_percent_of_the_image() -> None:
+    mask = polygon_mask([[10, 20], [60, 20], [60, 70], [10, 70]], 40, 80)
+    rows, cols = np.nonzero(mask)
+    assert (rows.min(), rows.max()) == (8, 28)  # 20 % and 70 % of 40 rows, inclusive
+    assert (cols.min(), cols.max()) == (8, 48)
+    region = {
+        "type": "polygonlabels", "original_width": 80, "original_height": 40,
+        "value": {"points": [[10, 20], [60, 20], [60, 70]], "polygonlabels": ["dog"]},
+    }  # fmt: skip
+    label, tri = region_mask(region)
+    assert label == "dog" and 0 < tri.sum() < mask.sum()
+
+
+def test_model_version_tracks_everything_that_shapes_masks() -> None:
+    base = ("car", {"model": "ViT-B/16", "x": 1}, {"backbone": {"name": "n"}}, "fp", 1024, 16)
+    version = model_version(*base)
+    assert version == model_version(*base)
+    assert version.startswith("autolabel-car-ViT-B_16-")  # LS splits version lists on commas
+    assert all(c.isalnum() or c in "._-" for c in version)
+    for changed in (
+        ("pnp", *base[1:]),
+        (base[0], {"model": "ViT-B/16", "x": 2}, *base[2:]),
+        (*base[:3], "other-vocab", *base[4:]),
+        (*base[:4], 512, base[5]),
+        (*base[:5], 0),
+    ):
+        assert model_version(*changed) != version
+
+
+def test_image_urls_for_local_storage_and_prefix(tmp_path: Path) -> None:
+    root = tmp_path / "docroot"
+    images = root / "set 1"
+    images.mkdir(parents=True)
+    urls = ImageUrls.checked(images, root, None)
+    assert urls.url("sub/a b#1.png") == "/data/local-files/?d=set%201/sub/a%20b%231.png"
+    prefixed = ImageUrls.checked(images, None, "http://files.example/imgs/")
+    assert prefixed.url("sub/a b.png") == "http://files.example/imgs/sub/a%20b.png"
+
+
+@pytest.mark.parametrize("case", ["both", "neither", "outside", "equal", "missing"])
+def test_image_urls_refuse_bad_options(tmp_path: Path, case: str) -> None:
+    root = tmp_path / "docroot"
+    images = root / "set1"
+    images.mkdir(parents=True)
+    args = {
+        "both": (images, root, "http://x"),
+        "neither": (images, None, None),
+        "outside": (tmp_path, root, None),
+        "equal": (root, root, None),
+        "missing": (images, tmp_path / "nope", None),
+    }[case]
+    with pytest.raises(UsageError):
+        ImageUrls.checked(*args)
+
+
+def test_load_run_reads_a_real_run(tiny_run: Path) -> None:
+    run = load_run(tiny_run)
+    coco = json.loads((tiny_run / "annotations.json").read_text())
+    assert [im.file_name for im in run.images] == [im["file_name"] for im in coco["images"]]
+    assert sum(len(im.instances) for im in run.images) == len(coco["annotations"])
+    assert run.vocab.names == [c["name"] for c in coco["categories"]]
+    assert run.model_version.startswith("autolabel-fast-")
+    info = json.loads((tiny_run / "run.json").read_text())
+    info["settings"]["short_side"] = 96  # another setting: another version
+    (tiny_run / "run.json").write_text(json.dumps(info))
+    assert load_run(tiny_run).model_version != run.model_version
+
+
+def test_load_run_names_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="run.json: missing"):
+        load_run(tmp_path)
+    (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "annotations.json").write_text('{"images": []}')
+    with pytest.raises(UsageError, match="output folder"):
+        load_run(tmp_path)
+
+
+def _task(pred_masks, final_masks, size=(20, 30)):
+    target, _ = _target()
+    pred = {
+        "id": 5, "model_version": "v1", "created_at": "2026-01-01",
+        "result": [brush_region(m, lab, target, 0.5, f"p{i}")
+                   for i, (lab, m) in enumerate(pred_masks)],
+    }  # fmt: skip
+    final = {
+        "id": 9, "parent_prediction": 5, "was_cancelled": False, "updated_at": "2026-01-02",
+        "result": [brush_region(m, lab, target, 1.0, f"f{i}")
+                   for i, (lab, m) in enumerate(final_masks)],
+    }  # fmt: skip
+    cancelled = {"id": 10, "was_cancelled": True, "updated_at": "2026-01-03", "result": []}
+    return {
+        "id": 3,
+        "data": {"image": "/data/local-files/?d=x/a.png",
+                 "autolabel": {"file": "a.png", "height": size[0], "width": size[1]}},
+        "predictions": [pred],
+        "annotations": [final, cancelled],
+    }  # fmt: skip
+
+
+def test_review_of_an_accepted_prediction() -> None:
+    m = np.zeros((20, 30), bool)
+    m[2:8, 4:20] = True
+    summary = PullSummary(1, Path("o.json"), Path("r.json"))
+    record = review_task(
+        _task([("cat", m)], [("cat", m)]), {n: i + 1 for i, n in enumerate(VOCAB.names)}, summary
+    )
+    assert record["file"] == "a.png" and (record["height"], record["width"]) == (20, 30)
+    assert len(record["instances"]) == 1
+    inst = record["instances"][0]
+    assert inst["category_id"] == 1 and inst["area"] == m.sum()
+    assert inst["bbox"] == [4.0, 2.0, 16.0, 6.0]
+    assert summary.reviews[0].accepted_as_is and summary.reviews[0].iou == {"cat": 1.0}
+    assert summary.accepted_as_is == 1
+
+
+def test_review_of_an_edited_prediction() -> None:
+    m = np.zeros((20, 30), bool)
+    m[0:10, 0:10] = True
+    half = m.copy()
+    half[5:] = False
+    dog = np.zeros((20, 30), bool)
+    dog[12:, 12:] = True
+    summary = PullSummary(1, Path("o.json"), Path("r.json"))
+    category = {n: i + 1 for i, n in enumerate(VOCAB.names)}
+    record = review_task(_task([("cat", m)], [("cat", half), ("dog", dog)]), category, summary)
+    review = summary.reviews[0]
+    assert review.iou == {"cat": 0.5, "dog": 0.0}
+    assert not review.accepted_as_is
+    assert (review.regions_predicted, review.regions_final) == (1, 2)
+    assert [i["category_id"] for i in record["instances"]] == [1, 2]
+    assert summary.mean_iou() == {"cat": 0.5, "dog": 0.0}
+
+
+def test_task_without_annotation_is_not_exported() -> None:
+    task = _task([], [])
+    task["annotations"] = [a for a in task["annotations"] if a["was_cancelled"]]
+    summary = PullSummary(1, Path("o.json"), Path("r.json"))
+    assert review_task(task, {"cat": 1}, summary) is None
+    assert summary.tasks_without_annotation == 1

@@ -1,0 +1,216 @@
+"""The ML backend over real HTTP on loopback, with a real (tiny, random) segmenter."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import draw_scene
+
+from autolabel.backend.app import BackendServer, ServerLimits
+from autolabel.backend.media import MediaError, MediaResolver
+from autolabel.backend.predictor import BackendOptions, Predictor
+from autolabel.instances import decode_rle
+from autolabel.labelstudio.config import make_label_config
+from autolabel.labelstudio.push import load_run
+from autolabel.labelstudio.regions import region_mask
+from autolabel.vocab import load_vocabulary
+
+
+def _start(server: BackendServer) -> str:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{server.server_port}"
+
+
+@pytest.fixture
+def predictor(tiny_recipe: Path, image_folder: Path) -> Predictor:
+    """The tiny fast recipe, reading Local Storage files from the test images folder."""
+    media = MediaResolver(document_root=image_folder.parent)
+    return Predictor(BackendOptions(recipe=str(tiny_recipe), device="cpu", min_area=0), media)
+
+
+@pytest.fixture
+def backend(predictor: Predictor) -> Iterator[str]:
+    """A running backend; yields its base URL."""
+    server = BackendServer(("127.0.0.1", 0), predictor, ServerLimits(max_body_bytes=200_000))
+    url = _start(server)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def config(vocab_file: Path) -> str:
+    """A labeling config generated from the test vocabulary."""
+    return make_label_config(load_vocabulary(vocab_file))
+
+
+def _task(task_id: int, image: str) -> dict:
+    return {"id": task_id, "data": {"image": image}, "project": 1}
+
+
+def test_health_setup_and_webhook(backend: str, config: str, predictor: Predictor) -> None:
+    health = httpx.get(f"{backend}/health")
+    assert health.status_code == 200
+    assert health.json() == {"status": "UP", "model_class": "AutolabelBackend"}
+    setup = httpx.post(f"{backend}/setup", json={"project": "3.1700000000", "schema": config})
+    assert setup.status_code == 200
+    assert setup.json()["model_version"] == predictor.spec(config).model_version
+    hook = httpx.post(f"{backend}/webhook", json={"action": "ANNOTATION_CREATED", "project": {}})
+    assert hook.status_code == 201
+
+
+def test_predict_matches_autolabel_run_and_keeps_one_entry_per_task(
+    backend: str, config: str, tiny_run: Path
+) -> None:
+    """The backend's masks equal `autolabel run`'s on the same image (same recipe, same
+    process-wide model), and failing tasks still get their (empty) entry, in order."""
+    body = {
+        "tasks": [
+            _task(1, "/data/local-files/?d=images/sub/c.png"),
+            _task(2, "/data/local-files/?d=images/missing.png"),
+            _task(3, "http://example.invalid/a.png"),
+            _task(4, "/data/local-files/?d=../../../etc/passwd"),
+            {"id": 5, "data": {"text": "no image key"}},
+            _task(6, "/data/local-files/?d=images/a.png"),
+        ],
+        "project": "1.1700000000",
+        "label_config": config,
+        "params": {"context": None},
+    }
+    response = httpx.post(f"{backend}/predict", json=body, timeout=120)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 6
+    assert [bool(r["result"]) for r in results] == [True, False, False, False, False, True]
+    run = load_run(tiny_run)
+    assert {r["model_version"] for r in results} == {run.model_version}
+    coco = json.loads((tiny_run / "annotations.json").read_text())
+    for result, name in ((results[0], "sub/c.png"), (results[5], "a.png")):
+        image = next(im for im in coco["images"] if im["file_name"] == name)
+        expected = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        assert len(result["result"]) == len(expected)
+        for region, ann in zip(result["result"], expected, strict=True):
+            label, mask = region_mask(region)
+            assert label == coco["categories"][ann["category_id"] - 1]["name"]
+            assert (region["original_height"], region["original_width"]) == (
+                image["height"],
+                image["width"],
+            )
+            assert np.array_equal(mask, decode_rle(ann["segmentation"]))
+            assert region["score"] == pytest.approx(ann["score"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/predict", b"{not json", 400),
+        ("POST", "/predict", b"[1, 2]", 400),
+        ("POST", "/predict", json.dumps({"tasks": "x", "label_config": "<View/>"}).encode(), 400),
+        ("POST", "/predict", json.dumps({"tasks": [1], "label_config": "<View/>"}).encode(), 400),
+        ("POST", "/predict", json.dumps({"tasks": []}).encode(), 400),
+        ("POST", "/predict", json.dumps({"tasks": [], "label_config": "<View>"}).encode(), 422),
+        ("POST", "/predict", json.dumps({"tasks": [], "label_config": "<View/>"}).encode(), 422),
+        ("POST", "/setup", json.dumps({"project": "1"}).encode(), 400),
+        ("POST", "/webhook", json.dumps({"event": 1}).encode(), 400),
+        ("POST", "/predict", b"x" * 300_000, 413),
+        ("GET", "/predict", b"", 405),
+        ("PUT", "/setup", b"{}", 405),
+        ("DELETE", "/health", b"", 405),
+        ("POST", "/nope", b"{}", 404),
+        ("GET", "/../../etc/passwd", b"", 404),
+    ],
+)
+def test_malformed_requests_get_4xx(
+    backend: str, method: str, path: str, body: bytes, status: int
+) -> None:
+    response = httpx.request(method, backend + path, content=body)
+    assert response.status_code == status
+    assert "detail" in response.json()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /health HTTP/2.0\r\n\r\n",
+        b"BREW /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    ],
+)
+def test_broken_http_gets_4xx(backend: str, raw: bytes) -> None:
+    host, port = backend.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(raw)
+        status_line = sock.recv(200).split(b"\r\n", 1)[0]
+    code = int(status_line.split()[1])
+    assert 400 <= code < 500, status_line
+
+
+def test_basic_auth(predictor: Predictor) -> None:
+    server = BackendServer(("127.0.0.1", 0), predictor, basic_auth=("ls", "s3cret"))
+    url = _start(server)
+    try:
+        assert httpx.get(f"{url}/health").status_code == 401
+        assert httpx.get(f"{url}/health", auth=("ls", "wrong")).status_code == 401
+        bad = {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe").decode()}
+        assert httpx.get(f"{url}/health", headers=bad).status_code == 401
+        assert httpx.get(f"{url}/health", auth=("ls", "s3cret")).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_connections_are_bounded(predictor: Predictor) -> None:
+    limits = ServerLimits(max_connections=1, socket_timeout_s=30)
+    server = BackendServer(("127.0.0.1", 0), predictor, limits)
+    url = _start(server)
+    host, port = "127.0.0.1", server.server_port
+    try:
+        idle = socket.create_connection((host, port))  # holds the only slot
+        try:
+            busy = httpx.get(f"{url}/health")
+            assert busy.status_code == 503
+        finally:
+            idle.close()
+        for _ in range(50):  # the slot comes back once the idle connection is gone
+            if httpx.get(f"{url}/health").status_code == 200:
+                break
+        else:
+            pytest.fail("the connection slot was not released")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_media_resolver_reads_only_allowed_places(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "set").mkdir(parents=True)
+    draw_scene(20, 10, 0).save(root / "set" / "a.png")
+    (tmp_path / "secret.png").write_bytes(b"x")
+    media = MediaResolver(ls_url="http://127.0.0.1:1", api_key="k", document_root=root)
+    path = media.fetch("/data/local-files/?d=set/a.png", 1, tmp_path)
+    assert path == root / "set" / "a.png"
+    refused = [
+        "/data/local-files/?d=../secret.png",
+        "/data/local-files/?d=/etc/passwd",
+        str(tmp_path / "secret.png"),
+        f"file://{tmp_path / 'secret.png'}",
+        "http://169.254.169.254/latest/meta-data",
+        "ftp://127.0.0.1:1/a.png",
+        "",
+        None,
+    ]
+    for url in refused:
+        with pytest.raises(MediaError):
+            media.fetch(url, 1, tmp_path)
+    with pytest.raises(MediaError, match="LABEL_STUDIO_URL"):
+        MediaResolver().fetch("/data/upload/1/a.png", 1, tmp_path)

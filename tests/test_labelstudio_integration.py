@@ -1,0 +1,233 @@
+"""Push, pull and the ML backend against a real Label Studio server on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import numpy as np
+import pytest
+from label_studio_sdk import LabelStudio
+
+from autolabel.backend.app import BackendServer
+from autolabel.backend.media import MediaResolver
+from autolabel.backend.predictor import BackendOptions, Predictor
+from autolabel.cli import main
+from autolabel.config import RunConfig
+from autolabel.instances import decode_rle
+from autolabel.labelstudio.config import make_label_config
+from autolabel.labelstudio.push import ImageUrls, load_run, push_run
+from autolabel.labelstudio.regions import region_mask
+from autolabel.runner import run_job
+from autolabel.vocab import load_vocabulary
+
+if TYPE_CHECKING:
+    from labelstudio_server import LabelStudioServer
+
+pytest_plugins = ["labelstudio_server"]
+pytestmark = pytest.mark.integration
+
+
+def _client(ls: LabelStudioServer) -> LabelStudio:
+    return LabelStudio(base_url=ls.url, api_key=ls.api_key)
+
+
+def _project_id(client: LabelStudio, title: str) -> int:
+    (project,) = [p for p in client.projects.list(title=title) if p.title == title]
+    return int(project.id)
+
+
+def _tasks(client: LabelStudio, project_id: int) -> list[dict]:
+    return [t.model_dump() for t in client.tasks.list(project=project_id, fields="all")]
+
+
+def _file(task: dict) -> str:
+    """The run's file name push stored in the task."""
+    return task["data"]["autolabel"]["file"]
+
+
+def _expected(out: Path) -> dict[str, tuple[dict, list[dict]]]:
+    """file_name -> (COCO image, its annotations) of a run folder."""
+    coco = json.loads((out / "annotations.json").read_text())
+    return {
+        im["file_name"]: (im, [a for a in coco["annotations"] if a["image_id"] == im["id"]])
+        for im in coco["images"]
+    }
+
+
+def _assert_regions_equal(result: list[dict], annotations: list[dict], names: list[str]) -> None:
+    assert len(result) == len(annotations)
+    for region, ann in zip(result, annotations, strict=True):
+        label, mask = region_mask(region)
+        assert label == names[ann["category_id"] - 1]
+        assert np.array_equal(mask, decode_rle(ann["segmentation"]))
+        assert region["score"] == pytest.approx(ann["score"], abs=1e-5)
+
+
+def test_push_reads_back_exactly_and_is_idempotent(
+    label_studio: LabelStudioServer, tiny_run: Path, image_folder: Path, vocab_file: Path,
+    tiny_recipe: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    ls, client = label_studio, _client(label_studio)
+    title = f"push {tmp_path.name}"
+    code = main([
+        "push", "labelstudio", str(tiny_run), "--url", ls.url, "--api-key", ls.api_key,
+        "--title", title, "--document-root", str(ls.document_root),
+    ])  # fmt: skip
+    assert code == 0
+    project_id = _project_id(client, title)
+    run = load_run(tiny_run)
+    expected = _expected(tiny_run)
+    tasks = _tasks(client, project_id)
+    assert sorted(_file(t) for t in tasks) == sorted(expected)
+    for task in tasks:
+        image, annotations = expected[_file(task)]
+        (prediction,) = task["predictions"]
+        assert prediction["model_version"] == run.model_version
+        _assert_regions_equal(prediction["result"], annotations, run.vocab.names)
+        assert all(
+            (r["original_width"], r["original_height"]) == (image["width"], image["height"])
+            for r in prediction["result"]
+        )
+        # Label Studio serves the image itself through the Local Storage push created.
+        served = httpx.get(
+            ls.url + task["data"]["image"], headers={"Authorization": f"Token {ls.api_key}"}
+        )
+        assert served.status_code == 200
+        assert served.content == (image_folder / image["file_name"]).read_bytes()
+
+    again = push_run(
+        tiny_run, ls.url, ls.api_key, project_id=project_id, document_root=ls.document_root
+    )
+    assert (again.tasks_created, again.predictions_created) == (0, 0)
+    assert again.unchanged == len(expected)
+    assert not again.storage_created
+    assert [len(t["predictions"]) for t in _tasks(client, project_id)] == [1] * len(expected)
+
+    # A newer run with other settings over the same images adds its predictions to the tasks.
+    newer = tmp_path / "newer"
+    run_job(RunConfig(image_folder, vocab_file, newer, recipe=str(tiny_recipe), device="cpu"))
+    update = push_run(
+        newer, ls.url, ls.api_key, project_id=project_id, document_root=ls.document_root
+    )
+    assert (update.tasks_created, update.predictions_created) == (0, len(expected))
+    newer_version = load_run(newer).model_version
+    assert newer_version != run.model_version
+    tasks = _tasks(client, project_id)
+    assert len(tasks) == len(expected)
+    for task in tasks:
+        versions = sorted(p["model_version"] for p in task["predictions"])
+        assert versions == sorted([run.model_version, newer_version])
+    assert client.projects.get(id=project_id).model_version == newer_version
+
+
+def test_pull_after_review(label_studio: LabelStudioServer, tiny_run: Path, tmp_path: Path) -> None:
+    ls, client = label_studio, _client(label_studio)
+    summary = push_run(
+        tiny_run, ls.url, ls.api_key, title=f"pull {tmp_path.name}", document_root=ls.document_root
+    )
+    run = load_run(tiny_run)
+    tasks = sorted(
+        _tasks(client, summary.project_id), key=lambda t: len(t["predictions"][0]["result"])
+    )
+    edited, accepted = tasks[-1], tasks[-2]  # the two with most regions; the third unreviewed
+    assert edited["predictions"][0]["result"], "the tiny model found nothing to review"
+    for task, result in (
+        (accepted, accepted["predictions"][0]["result"]),
+        (edited, edited["predictions"][0]["result"][1:]),  # the reviewer deleted a region
+    ):
+        client.annotations.create(
+            id=task["id"], result=result, parent_prediction=task["predictions"][0]["id"]
+        )
+    output = tmp_path / "reviewed.json"
+    code = main([
+        "pull", "labelstudio", "--url", ls.url, "--api-key", ls.api_key,
+        "--project", str(summary.project_id), "-o", str(output),
+    ])  # fmt: skip
+    assert code == 0
+    coco = json.loads(output.read_text())
+    assert [c["name"] for c in coco["categories"]] == run.vocab.names
+    expected = _expected(tiny_run)
+    by_file = {im["file_name"]: im for im in coco["images"]}
+    assert set(by_file) == {
+        _file(accepted),
+        _file(edited),
+    }
+    for task, dropped in ((accepted, 0), (edited, 1)):
+        file_name = _file(task)
+        image = by_file[file_name]
+        got = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        want = expected[file_name][1][dropped:]
+        assert [a["category_id"] for a in got] == [a["category_id"] for a in want]
+        for a, b in zip(got, want, strict=True):
+            assert np.array_equal(decode_rle(a["segmentation"]), decode_rle(b["segmentation"]))
+            assert a["area"] == b["area"] and a["bbox"] == b["bbox"]
+    report = json.loads(output.with_name("reviewed.review.json").read_text())
+    assert report["summary"]["images_reviewed"] == 2
+    assert report["summary"]["accepted_as_is"] == 1
+    assert report["summary"]["tasks_without_annotation"] == 1
+    reviews = {r["file"]: r for r in report["images"]}
+    assert reviews[_file(accepted)]["accepted_as_is"]
+    edited_review = reviews[_file(edited)]
+    assert not edited_review["accepted_as_is"]
+    removed = run.vocab.names[expected[_file(edited)][1][0]["category_id"] - 1]
+    assert edited_review["iou"][removed] < 1.0
+    assert edited_review["model_version"] == run.model_version
+
+
+@pytest.fixture
+def backend(tiny_recipe: Path, label_studio: LabelStudioServer) -> Iterator[tuple[str, Predictor]]:
+    """The ML backend with basic auth, fetching images from Label Studio over HTTP."""
+    media = MediaResolver(ls_url=label_studio.url, api_key=label_studio.api_key)
+    predictor = Predictor(BackendOptions(recipe=str(tiny_recipe), device="cpu", min_area=0), media)
+    server = BackendServer(("127.0.0.1", 0), predictor, basic_auth=("ls", "backend-pass"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", predictor
+    server.shutdown()
+    server.server_close()
+
+
+def test_ml_backend_serves_label_studio(
+    label_studio: LabelStudioServer, backend: tuple[str, Predictor], tiny_run: Path,
+    image_folder: Path, vocab_file: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    ls, client = label_studio, _client(label_studio)
+    backend_url, predictor = backend
+    config = make_label_config(load_vocabulary(vocab_file))
+    project = client.projects.create(title=f"backend {tmp_path.name}", label_config=config)
+    client.import_storage.local.create(project=project.id, path=str(image_folder))
+    urls = ImageUrls.checked(image_folder, ls.document_root, None)
+    expected = _expected(tiny_run)
+    client.projects.import_tasks(
+        id=project.id, request=[{"data": {"image": urls.url(name)}} for name in expected]
+    )
+    client.ml.create(
+        project=project.id, url=backend_url, title="autolabel", is_interactive=False,
+        auth_method="BASIC_AUTH", basic_auth_user="ls", basic_auth_pass="backend-pass",
+    )  # fmt: skip
+    client.actions.create(
+        id="retrieve_tasks_predictions", project=project.id,
+        selected_items={"all": True, "excluded": []},
+    )  # fmt: skip
+    tasks = _tasks(client, project.id)
+    assert len(tasks) == len(expected)
+    version = predictor.spec(config).model_version
+    # Same recipe and model as the run: the same version, so LS would not ask again for tasks
+    # a push pre-annotated, and the same masks.
+    assert version == load_run(tiny_run).model_version
+    names = load_vocabulary(vocab_file).names
+    for task in tasks:
+        (prediction,) = task["predictions"]
+        assert prediction["model_version"] == version
+        file_name = (
+            task["data"]["image"]
+            .split("?d=", 1)[1]
+            .removeprefix(image_folder.relative_to(ls.document_root).as_posix() + "/")
+        )
+        _assert_regions_equal(prediction["result"], expected[file_name][1], names)
+    metrics = httpx.get(f"{backend_url}/metrics", auth=("ls", "backend-pass")).json()
+    assert metrics["tasks"] == len(expected)
