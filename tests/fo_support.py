@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "integrations" / "fiftyone"
@@ -76,18 +75,3 @@ def fo(fiftyone_env: dict[str, str]) -> ModuleType:
 def dataset_name() -> str:
     """A fresh dataset name (datasets are non-persistent and die with the session's DB)."""
     return f"autolabel-test-{uuid.uuid4().hex[:10]}"
-
-
-def _paste(detection: object, width: int, height: int) -> np.ndarray:
-    x = round(detection.bounding_box[0] * width)
-    y = round(detection.bounding_box[1] * height)
-    crop = np.asarray(detection.mask, dtype=bool)
-    mask = np.zeros((height, width), dtype=bool)
-    mask[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
-    return mask
-
-
-@pytest.fixture
-def full_mask() -> Callable[[object, int, int], np.ndarray]:
-    """full_mask(detection, width, height): its box-cropped mask pasted into an H x W image."""
-    return _paste

@@ -8,6 +8,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from autolabel.cli import main
 from autolabel.errors import UsageError
@@ -29,10 +30,8 @@ def _by_filepath(dataset: object) -> dict[str, object]:
     return {sample.filepath: sample for sample in dataset}
 
 
-def test_push_matches_annotations_mask_for_mask(
-    fo: ModuleType, tiny_run: Path, dataset_name: str, full_mask
-):
-    from autolabel.sinks.fiftyone import push_run
+def test_push_matches_annotations_mask_for_mask(fo: ModuleType, tiny_run: Path, dataset_name: str):
+    from autolabel.sinks.fiftyone import detection_mask, push_run
 
     summary = push_run(tiny_run, dataset_name)
     assert (summary.added, summary.updated, summary.missing) == (3, 0, [])
@@ -58,7 +57,8 @@ def test_push_matches_annotations_mask_for_mask(
         for det, ann in zip(detections, expected, strict=True):
             assert det.label == names[ann["category_id"]]
             assert det.confidence == pytest.approx(ann["score"])
-            assert np.array_equal(full_mask(det, width, height), decode_rle(ann["segmentation"]))
+            mask = detection_mask(det, (height, width))
+            assert np.array_equal(mask, decode_rle(ann["segmentation"]))
             compared += 1
         png = tiny_run / "masks" / f"{Path(image['file_name']).with_suffix('')}.png"
         assert np.array_equal(sample.autolabel_semantic.get_mask(), read_label_png(png))
@@ -161,3 +161,39 @@ def test_field_prefix_is_validated_before_anything_is_written(fo: ModuleType, ti
     with pytest.raises(UsageError, match="letters, digits and underscores"):
         push_run(tiny_run, "never-created", field_prefix="1st")
     assert "never-created" not in fo.list_datasets()
+
+
+def test_masks_round_trip_where_fiftyone_rendering_would_shift_them(
+    fo: ModuleType, tmp_path: Path, dataset_name: str
+) -> None:
+    from autolabel.instances import Instance, encode_rle
+    from autolabel.sinks.fiftyone import (
+        detection_mask,
+        score_disagreement,
+        to_detections,
+        to_segmentation,
+    )
+
+    # x=3, w=4 on a 96-wide image: int((3/96 + 4/96) * 96) == 6, so FiftyOne's renderer would
+    # draw this box one pixel narrower than it is.
+    size = (64, 96)
+    mask = np.zeros(size, dtype=bool)
+    mask[10:20, 3:7] = True
+    instance = Instance(1, encode_rle(mask), int(mask.sum()), [3.0, 10.0, 4.0, 10.0], 0.9)
+    detections = to_detections([instance], ["cat"], size)
+    assert np.array_equal(detection_mask(detections.detections[0], size), mask)
+
+    path = tmp_path / "blank.png"
+    Image.new("RGB", (size[1], size[0])).save(path)
+    dataset = fo.Dataset(dataset_name)
+    dataset.add_sample(
+        fo.Sample(
+            filepath=str(path),
+            reviewed=to_segmentation([instance], size),
+            predicted=detections,
+        )
+    )
+    dataset.mask_targets = {"reviewed": {1: "cat"}}
+    dataset.save()
+    score_disagreement(dataset, "reviewed", "predicted", "score")
+    assert dataset.values("score") == [0.0]

@@ -77,8 +77,9 @@ def test_segment_operator_writes_the_same_masks_as_autolabel_run(
     tiny_run: Path,
     vocab_file: Path,
     tiny_recipe: Path,
-    full_mask,
 ) -> None:
+    from autolabel.sinks.fiftyone import detection_mask
+
     params = _segment_params(vocab_file, tiny_recipe)
     _execute(fo, SEGMENT, view=image_dataset.view(), params=params)
 
@@ -94,7 +95,7 @@ def test_segment_operator_writes_the_same_masks_as_autolabel_run(
         assert len(detections) == len(expected)
         for det, ann in zip(detections, expected, strict=True):
             assert det.label == names[ann["category_id"]]
-            mask = full_mask(det, image["width"], image["height"])
+            mask = detection_mask(det, (image["height"], image["width"]))
             assert np.array_equal(mask, decode_rle(ann["segmentation"]))
             compared += 1
         assert sample.autolabel_semantic.mask.shape == (image["height"], image["width"])

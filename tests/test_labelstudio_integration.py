@@ -231,3 +231,24 @@ def test_ml_backend_serves_label_studio(
         _assert_regions_equal(prediction["result"], expected[file_name][1], names)
     metrics = httpx.get(f"{backend_url}/metrics", auth=("ls", "backend-pass")).json()
     assert metrics["tasks"] == len(expected)
+
+
+def test_push_refuses_a_wrong_key_and_a_mismatching_project(
+    label_studio: LabelStudioServer, tiny_run: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    ls, client = label_studio, _client(label_studio)
+    common = ["push", "labelstudio", str(tiny_run), "--url", ls.url]
+    where = ["--document-root", str(ls.document_root)]
+    assert main([*common, "--api-key", "wrong-key", "--title", "x", *where]) == 2
+    assert "refused the API key" in capsys.readouterr().err
+    config = (
+        '<View><Image name="image" value="$image"/><BrushLabels name="brush" toName="image">'
+        '<Label value="red square"/></BrushLabels></View>'
+    )
+    project = client.projects.create(title=f"mismatch {tmp_path.name}", label_config=config)
+    code = main([*common, "--api-key", ls.api_key, "--project", str(project.id), *where])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no BrushLabels label for 'blue disc', 'green bar'" in " ".join(err.split())
+    assert list(client.tasks.list(project=project.id)) == []

@@ -367,6 +367,12 @@ def test_model_errors_are_clear(tmp_path: Path, tiny_blip: str, monkeypatch) -> 
     ).save_pretrained(bert)  # fmt: skip
     with pytest.raises(ModelLoadError, match="a 'bert' model; method pnp needs"):
         load_itm(str(bert), "cpu")
+    captioner = tmp_path / "captioner"  # a BLIP without the image-text-matching head
+    config = transformers.BlipConfig.from_pretrained(tiny_blip)
+    transformers.BlipForConditionalGeneration(config).save_pretrained(captioner)
+    transformers.AutoTokenizer.from_pretrained(tiny_blip).save_pretrained(captioner)
+    with pytest.raises(ModelLoadError, match="no image-text-matching head"):
+        load_itm(str(captioner), "cpu")
 
 
 def test_cli_run_method_pnp_writes_valid_coco(

@@ -87,8 +87,10 @@ def pull_labelstudio(
 
 @serve_app.command("labelstudio")
 def serve_labelstudio(
-    host: str = typer.Option("127.0.0.1", "--host", envvar="HOST", help="Address to bind."),
-    port: int = typer.Option(9090, "--port", envvar="PORT", help="Port to listen on."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", envvar="AUTOLABEL_HOST", help="Address to bind."
+    ),
+    port: int = typer.Option(9090, "--port", envvar="AUTOLABEL_PORT", help="Port to listen on."),
     method: str = typer.Option(None, "--method", "-m", envvar="AUTOLABEL_METHOD", help="Method."),
     recipe: str = typer.Option(
         None, "--recipe", "-r", envvar="AUTOLABEL_RECIPE", help="Recipe name or YAML path."

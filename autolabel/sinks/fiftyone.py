@@ -70,6 +70,25 @@ def to_detections(
     return fo.Detections(detections=detections)
 
 
+def detection_mask(detection: fo.Detection, size: tuple[int, int]) -> np.ndarray:
+    """A detection's mask in the full H x W image; the inverse of to_detections.
+
+    FiftyOne's own renderer truncates box corners (int(x * width)), which can move a mask by a
+    pixel; rounding restores our boxes exactly. Masks of another size are resized to the box.
+    """
+    height, width = size
+    bx, by, bw, bh = detection.bounding_box
+    x, y = max(round(bx * width), 0), max(round(by * height), 0)
+    box = (max(round(bh * height), 1), max(round(bw * width), 1))
+    crop = np.asarray(detection.get_mask(), dtype=bool)
+    if crop.shape != box:
+        crop = resize_labels(crop, box)
+    full = np.zeros(size, dtype=bool)
+    region = full[y : y + box[0], x : x + box[1]]
+    region[...] = crop[: region.shape[0], : region.shape[1]]
+    return full
+
+
 def to_segmentation(instances: list[Instance], size: tuple[int, int]) -> fo.Segmentation:
     """The semantic label map of the instances (the run's masks/*.png), stored in the database."""
     labels = semantic_from_instances(instances, size)
@@ -471,7 +490,7 @@ def _names(label: fo.Label, targets: dict[int, str] | None) -> set[str]:
 def _render(
     label: fo.Label, targets: dict[int, str] | None, ids: dict[str, int], size: tuple[int, int]
 ) -> np.ndarray:
-    """A label as an H x W map of the sample's class ids."""
+    """A label as an H x W map of the sample's class ids (later objects win on overlap)."""
     if isinstance(label, fo.Segmentation):
         mask = label.get_mask()
         if mask is None or mask.ndim != 2:
@@ -480,6 +499,12 @@ def _render(
         for value, name in targets.items():
             lut[value] = ids[name]
         return resize_labels(lut[mask], size)
+    if isinstance(label, fo.Detections):
+        labels = np.zeros(size, dtype=np.int64)
+        for det in label.detections:
+            if det.label and det.has_mask:
+                labels[detection_mask(det, size)] = ids[det.label]
+        return labels
     mask_targets = {i: name for name, i in ids.items()}
     rendered = label.to_segmentation(frame_size=(size[1], size[0]), mask_targets=mask_targets)
     return rendered.get_mask().astype(np.int64)

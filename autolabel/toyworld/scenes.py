@@ -28,7 +28,7 @@ DEFAULT_SIZE = 128
 MAX_OBJECTS = 4
 # Object radius as a fraction of the scene side; shapes with less area per radius get a boost so
 # that all classes cover similar areas on average.
-RADIUS_RANGE = (0.11, 0.24)
+RADIUS_RANGE = (0.13, 0.27)
 AREA_BOOST = {"circle": 0.92, "square": 1.0, "triangle": 1.15, "star": 1.3}
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "{}",
@@ -173,7 +173,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 def _object_pixels(rng: np.random.Generator, obj: ToyObject, count: int) -> np.ndarray:
     """Class colour with a per-object shade and per-pixel grain."""
     colour = np.array(COLOURS[obj.name.split()[0]], dtype=np.float64)
-    shade = rng.uniform(0.75, 1.1) * colour + rng.uniform(-20, 20, 3)
+    shade = rng.uniform(0.85, 1.1) * colour + rng.uniform(-12, 12, 3)
     grain = rng.normal(0.0, 6.0, (count, 3))
     return np.clip(shade + grain, 0, 255)
 

@@ -1,0 +1,117 @@
+"""Toy-world scene generator and `autolabel toyworld generate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from autolabel.cli import main
+from autolabel.toyworld.export import vocab_text, write_dataset
+from autolabel.toyworld.scenes import (
+    BACKGROUND_WORDS,
+    CLASSES,
+    COLOURS,
+    SHAPES,
+    ToyObject,
+    describe,
+    make_scene,
+    shape_mask,
+)
+from autolabel.vocab import load_vocabulary, parse_vocabulary
+
+
+def test_sixteen_colour_shape_classes_in_a_fixed_order() -> None:
+    assert len(COLOURS) >= 4 and len(SHAPES) >= 4
+    assert len(CLASSES) == len(COLOURS) * len(SHAPES) == 16
+    assert CLASSES[0] == "red circle" and CLASSES[-1] == "yellow star"
+
+
+def test_scenes_are_deterministic_by_seed_and_index() -> None:
+    a, b = make_scene(3, 7), make_scene(3, 7)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert a.captions == b.captions
+    other = make_scene(4, 7)
+    assert not np.array_equal(a.image, other.image)
+
+
+def test_scene_contents_follow_the_spec() -> None:
+    counts = []
+    for i in range(40):
+        scene = make_scene(11, i, size=96)
+        assert scene.image.shape == (96, 96, 3) and scene.image.dtype == np.uint8
+        assert scene.labels.shape == (96, 96)
+        assert 1 <= len(scene.objects) <= 4
+        # Every object listed is visible and every labelled class is a listed object.
+        assert sorted({o.class_id for o in scene.objects}) == scene.present
+        for obj in scene.objects:
+            assert obj.name in scene.captions[0]
+        counts.append(len(scene.objects))
+    assert min(counts) == 1 and max(counts) >= 3
+
+
+def test_label_map_marks_exactly_the_painted_shape() -> None:
+    """Pixels labelled k carry the class colour; a lone object's mask is its polygon."""
+    for i in range(30):
+        scene = make_scene(5, i)
+        for obj in scene.objects:
+            pixels = scene.image[scene.labels == obj.class_id].astype(float)
+            colour = np.array(COLOURS[obj.name.split()[0]], float)
+            assert np.abs(pixels.mean(0) - colour).max() < 45, obj.name
+        if len(scene.objects) == 1:
+            obj = scene.objects[0]
+            assert np.array_equal(scene.labels > 0, shape_mask(obj, scene.labels.shape[0]))
+
+
+def test_shapes_differ_in_area_as_geometry_says() -> None:
+    areas = {}
+    for k, shape in enumerate(SHAPES):
+        areas[shape] = shape_mask(ToyObject(k + 1, (64.0, 64.0), 40.0, 0.0), 128).sum()
+    assert areas["circle"] == pytest.approx(np.pi * 40**2, rel=0.03)
+    assert areas["square"] == pytest.approx(2 * 40**2, rel=0.03)
+    assert areas["triangle"] == pytest.approx(3 * np.sqrt(3) / 4 * 40**2, rel=0.05)
+    assert areas["star"] < areas["triangle"]
+
+
+def test_describe_lists_objects_in_english() -> None:
+    assert describe(["red circle"]) == "a red circle"
+    assert describe(["red circle", "blue star", "green square"]) == (
+        "a red circle, a blue star and a green square"
+    )
+
+
+def test_vocab_file_parses_to_classes_in_id_order_with_toy_background() -> None:
+    vocab = parse_vocabulary(vocab_text())
+    assert vocab.names == list(CLASSES)
+    assert vocab.background == BACKGROUND_WORDS
+
+
+def test_generate_command_writes_images_masks_and_vocab(tmp_path: Path) -> None:
+    out = tmp_path / "toy"
+    assert main(["toyworld", "generate", str(out), "--n", "3", "--seed", "9", "--size", "64"]) == 0
+    images = sorted(p.name for p in (out / "images").iterdir())
+    assert images == sorted(p.name for p in (out / "masks").iterdir()) == [
+        "00000.png",
+        "00001.png",
+        "00002.png",
+    ]
+    vocab = load_vocabulary(out / "vocab.txt")
+    assert vocab.names == list(CLASSES)
+    for i, name in enumerate(images):
+        scene = make_scene(9, i, 64)
+        assert np.array_equal(np.asarray(Image.open(out / "images" / name)), scene.image)
+        assert np.array_equal(np.asarray(Image.open(out / "masks" / name)), scene.labels)
+    # Refuses to mix with an earlier dataset unless asked to.
+    assert main(["toyworld", "generate", str(out), "--n", "2"]) == 2
+    assert main(["toyworld", "generate", str(out), "--n", "2", "--overwrite"]) == 0
+
+
+def test_write_dataset_rejects_bad_counts(tmp_path: Path) -> None:
+    from autolabel.errors import UsageError
+
+    with pytest.raises(UsageError, match="--n 0"):
+        write_dataset(tmp_path, 0, 0, 64)
+    with pytest.raises(UsageError, match="--size 8"):
+        write_dataset(tmp_path, 1, 0, 8)
