@@ -24,7 +24,9 @@ else
     rm -rf "$VENV"
     mkdir -p "$(dirname "$VENV")"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "label-studio==$LS_VERSION"
+    # (this machine's pip config names local index folders that may be absent: drop that noise)
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "label-studio==$LS_VERSION" \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     echo "$LS_VERSION" > "$STAMP"
 fi
 

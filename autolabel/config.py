@@ -100,6 +100,45 @@ def save_recipe(recipe: Recipe, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
+def resolve_method(
+    method: str | None = None,
+    recipe: str | None = None,
+    *,
+    parity: bool = False,
+    background: list[str] | None = None,
+    **models: str | None,
+) -> ResolvedRun:
+    """Merge a recipe and explicit options (options win) into a method and its settings.
+
+    `models` takes the MODEL_KEYS (model, pretrained, checkpoint, classifier_*); None = not given.
+    Every entry point (run, tune, the Label Studio backend, the FiftyOne plugin) resolves here.
+    """
+    unknown = set(models) - set(MODEL_KEYS)
+    if unknown:
+        raise TypeError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+    loaded = load_recipe(recipe) if recipe else None
+    chosen = method or (loaded.method if loaded else None) or DEFAULT_METHOD
+    if loaded and loaded.method and method and loaded.method != method:
+        raise UsageError(f"recipe {loaded.name!r} is for method {loaded.method!r}, not {method!r}")
+    settings: dict[str, Any] = dict(loaded.settings) if loaded else {}
+    if loaded:
+        for key in ("model", "pretrained"):
+            if getattr(loaded, key) is not None:
+                settings[key] = getattr(loaded, key)
+    given = {key: str(value) for key, value in models.items() if value is not None}
+    settings.update(given)
+    # A local checkpoint replaces the recipe's pretrained tag for the same backbone.
+    if "checkpoint" in given and "pretrained" not in given:
+        settings.pop("pretrained", None)
+    if "classifier_checkpoint" in given and "classifier_pretrained" not in given:
+        settings.pop("classifier_pretrained", None)
+    if parity:
+        settings["parity"] = True
+    if background is None and loaded is not None:
+        background = loaded.background
+    return ResolvedRun(chosen, loaded.name if loaded else None, settings, background)
+
+
 @dataclass
 class RunConfig:
     """Everything `autolabel run` needs; the CLI fills it, the runner consumes it."""
@@ -127,39 +166,17 @@ class RunConfig:
     progress: bool = True
 
     def resolve(self) -> ResolvedRun:
-        """Merge recipe and options (options win) into the method name and its settings."""
-        recipe = load_recipe(self.recipe) if self.recipe else None
-        method = self.method or (recipe.method if recipe else None) or DEFAULT_METHOD
-        if recipe and recipe.method and self.method and recipe.method != self.method:
-            raise UsageError(
-                f"recipe {recipe.name!r} is for method {recipe.method!r}, not {self.method!r}"
-            )
-        settings: dict[str, Any] = dict(recipe.settings) if recipe else {}
-        if recipe:
-            for key in ("model", "pretrained"):
-                if getattr(recipe, key) is not None:
-                    settings[key] = getattr(recipe, key)
-        for key in MODEL_KEYS:
-            value = getattr(self, key)
-            if value is not None:
-                settings[key] = str(value)
-        # A local checkpoint replaces the recipe's pretrained tag for the same backbone.
-        if self.checkpoint is not None and self.pretrained is None:
-            settings.pop("pretrained", None)
-        if self.classifier_checkpoint is not None and self.classifier_pretrained is None:
-            settings.pop("classifier_pretrained", None)
-        if self.parity:
-            settings["parity"] = True
-        background = self.background
-        if background is None and recipe is not None:
-            background = recipe.background
+        """Check the numeric options, then resolve the method as resolve_method does."""
         if self.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
         if self.max_side < 32:
             raise UsageError("--max-side must be at least 32 pixels")
         if self.min_area < 0:
             raise UsageError("--min-area cannot be negative")
-        return ResolvedRun(method, recipe.name if recipe else None, settings, background)
+        models = {key: getattr(self, key) for key in MODEL_KEYS}
+        return resolve_method(
+            self.method, self.recipe, parity=self.parity, background=self.background, **models
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy for run.json."""

@@ -197,7 +197,7 @@ def _process(
                 stamps[entry.rel] = None  # load_image reports why
         loaded = [load_image(e) for e in batch]
         good = [im for im in loaded if isinstance(im, LoadedImage)]
-        results = _segment(segmenter, good, vocab, config.max_side) if good else {}
+        results = segment_loaded(segmenter, good, vocab, config.max_side) if good else {}
         per_image = (time.perf_counter() - t0) / max(len(batch), 1)
         for item in loaded:
             stamp = stamps[item.entry.rel]
@@ -220,10 +220,10 @@ def _process(
                 yield _failed(item.entry, reason, per_image, stamp, config.out, item.size)
 
 
-def _segment(
+def segment_loaded(
     segmenter: Segmenter | None, images: list[LoadedImage], vocab: Vocabulary, max_side: int
 ) -> dict[str, SegResult | str]:
-    """Segment a batch; if the batch fails, retry image by image so one bad image fails alone.
+    """Segment decoded images; if the batch fails, retry one by one so a bad image fails alone.
 
     Results are keyed by entry.rel and sized like fit_max_side(image, max_side).
     """
@@ -241,7 +241,7 @@ def _segment(
             return {images[0].entry.rel: f"segmentation failed: {type(exc).__name__}: {exc}"}
     out: dict[str, SegResult | str] = {}
     for im in images:
-        out.update(_segment(segmenter, [im], vocab, max_side))
+        out.update(segment_loaded(segmenter, [im], vocab, max_side))
     return out
 
 

@@ -7,6 +7,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from autolabel.cli.apps import app
 from autolabel.errors import AutolabelError
@@ -17,6 +18,7 @@ COMMAND_MODULES = (
     "autolabel.cli.tune",
     "autolabel.cli.fiftyone",
     "autolabel.cli.labelstudio",
+    "autolabel.cli.toyworld",
 )
 
 err_console = Console(stderr=True, soft_wrap=True)
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except AutolabelError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         # Nothing was labelled: bad options, vocabulary, recipe, output folder or weights.
         return 2
     except KeyboardInterrupt:
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         err_console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
             "rerun with --debug for the traceback, and please report it",
             highlight=False,
         )

@@ -124,7 +124,9 @@ class ImageUrls:
             )
         if url_prefix is not None:
             if not url_prefix.startswith(("http://", "https://", "/")):
-                raise UsageError(f"--url-prefix {url_prefix!r}: expected an http(s) URL")
+                raise UsageError(
+                    f"--url-prefix {url_prefix!r}: expected an http(s) URL or a path on the server"
+                )
             return cls(images_root, None, url_prefix.rstrip("/"))
         root = Path(document_root).resolve()
         images = images_root.resolve()
@@ -321,7 +323,7 @@ class _Sender:
 
 def iter_summary_lines(summary: PushSummary, url: str) -> Iterator[str]:
     """Human-readable lines for the CLI."""
-    verb = "created" if summary.project_created else "updated"
+    verb = "created" if summary.project_created else "found"
     yield (
         f"project {summary.project_id} ({summary.project_title!r}) {verb}: {url.rstrip('/')}"
         f"/projects/{summary.project_id}"

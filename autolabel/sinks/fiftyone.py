@@ -20,13 +20,13 @@ import numpy as np
 from fiftyone.core.collections import SampleCollection
 
 from autolabel import __version__
-from autolabel.config import ResolvedRun, RunConfig
+from autolabel.config import ResolvedRun
 from autolabel.errors import UsageError
 from autolabel.images import ImageEntry, LoadError, load_image
 from autolabel.instances import Instance, instances_from_labels, semantic_from_instances
 from autolabel.methods.base import build_segmenter
 from autolabel.resize import resize_labels
-from autolabel.runner import _segment, package_versions
+from autolabel.runner import package_versions, segment_loaded
 from autolabel.vocab import Vocabulary
 
 INSTANCES_SUFFIX = "_instances"
@@ -259,29 +259,6 @@ def push_run(
 # --- segment samples in place ---------------------------------------------------------------
 
 
-def resolve_method(
-    method: str | None = None,
-    recipe: str | None = None,
-    model: str | None = None,
-    pretrained: str | None = None,
-    checkpoint: str | None = None,
-) -> ResolvedRun:
-    """Method, settings and background words exactly as `autolabel run` would resolve them."""
-    # RunConfig.resolve never touches the folders; segmenting samples has none.
-    unused = Path()
-    config = RunConfig(
-        images=unused,
-        vocab=unused,
-        out=unused,
-        method=method or None,
-        recipe=recipe or None,
-        model=model or None,
-        pretrained=pretrained or None,
-        checkpoint=checkpoint or None,
-    )
-    return config.resolve()
-
-
 @dataclass
 class SegmentProgress:
     """Where a segment_samples call stands; failed holds (file path, reason)."""
@@ -327,7 +304,7 @@ def segment_samples(
         # The sample id is the entry's key: a file may back several samples.
         loaded = [load_image(ImageEntry(0, Path(path), sample_id)) for sample_id, path in batch]
         good = [item for item in loaded if not isinstance(item, LoadError)]
-        results = _segment(segmenter, good, vocab, max_side) if good else {}
+        results = segment_loaded(segmenter, good, vocab, max_side) if good else {}
         detections, semantic = {}, {}
         for (sample_id, path), item in zip(batch, loaded, strict=True):
             outcome = item.reason if isinstance(item, LoadError) else results[sample_id]

@@ -43,12 +43,19 @@ def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     for block in model.transformer.resblocks:
         x = block_forward(block, x, causal=True)
     x = model.ln_final(x)
-    return x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)] @ model.text_projection
+    return (
+        x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)] @ model.text_projection
+    )
 
 
 def project(visual: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """ln_post + proj on patch tokens (CLS dropped): (B, N, E), not normalised."""
     return visual.ln_post(tokens[:, 1:]) @ visual.proj
+
+
+def project_cls(visual: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """ln_post + proj on the class token: (B, E), not normalised."""
+    return visual.ln_post(tokens[:, 0]) @ visual.proj
 
 
 def standard_patches(visual: torch.nn.Module, x_in: torch.Tensor) -> torch.Tensor:

@@ -12,14 +12,12 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
-from autolabel.config import list_recipes
+from autolabel.config import DEFAULT_METHOD, list_recipes, resolve_method
 from autolabel.errors import UsageError
 from autolabel.methods.base import METHODS
 from autolabel.sinks.fiftyone import (
-    SEMANTIC_SUFFIX,
     field_names,
     label_classes,
-    resolve_method,
     score_disagreement,
     segment_samples,
 )
@@ -59,22 +57,21 @@ class Segment(foo.Operator):
             description=VOCAB_HELP,
             view=types.TextFieldView(multiline=True, rows=5),
         )
-        _check(
-            vocab_prop, lambda: _vocabulary(ctx.params) if ctx.params.get("vocabulary") else None
-        )
-        inputs.str(
+        _check(vocab_prop, lambda: _optional_vocabulary(ctx.params))
+        field_prop = inputs.str(
             "field",
             default="autolabel",
             label="Output field",
             description="Writes <field>_instances (Detections) and <field>_semantic",
         )
+        _check(field_prop, lambda: field_names(ctx.params.get("field") or "autolabel"))
         inputs.bool(
             "overwrite",
             default=False,
             label="Re-segment samples that already have the field",
         )
         _method_inputs(ctx, inputs)
-        _delegate_input(ctx, inputs, _todo(ctx))
+        _delegate_input(inputs, _todo(ctx))
         return types.Property(inputs, view=types.View(label="autolabel: segment"))
 
     def resolve_delegation(self, ctx: Any) -> bool:
@@ -122,12 +119,13 @@ class FindLabelMistakes(foo.Operator):
             description="Ground truth to audit: Detections with masks, Polylines or Segmentation",
             view=choices,
         )
-        inputs.str(
+        field_prop = inputs.str(
             "field",
             default="autolabel",
             label="autolabel field",
             description="Compares with <field>_semantic; images without it are segmented first",
         )
+        _check(field_prop, lambda: field_names(ctx.params.get("field") or "autolabel"))
         inputs.str(
             "score_field",
             default="autolabel_disagreement",
@@ -140,11 +138,9 @@ class FindLabelMistakes(foo.Operator):
             description="Empty: the reviewed field's class names. " + VOCAB_HELP,
             view=types.TextFieldView(multiline=True, rows=3),
         )
-        _check(
-            vocab_prop, lambda: _vocabulary(ctx.params) if ctx.params.get("vocabulary") else None
-        )
+        _check(vocab_prop, lambda: _optional_vocabulary(ctx.params))
         _method_inputs(ctx, inputs)
-        _delegate_input(ctx, inputs, _missing(ctx))
+        _delegate_input(inputs, _missing(ctx))
         return types.Property(inputs, view=types.View(label="autolabel: find label mistakes"))
 
     def resolve_delegation(self, ctx: Any) -> bool:
@@ -155,13 +151,14 @@ class FindLabelMistakes(foo.Operator):
         target = ctx.target_view()
         reviewed = params["reviewed_field"]
         prefix = params.get("field") or "autolabel"
-        field_names(prefix)
-        missing = target.exists(prefix + SEMANTIC_SUFFIX, False)
+        _, semantic_field = field_names(prefix)
+        missing = target.exists(semantic_field, False)
         if len(missing):
             vocab = _optional_vocabulary(params) or _vocabulary_from_field(target, reviewed)
+            # Only samples without predictions are in `missing`, so nothing is redone.
             yield from _run_segment(ctx, missing, vocab, prefix, overwrite=True)
         score_field = params.get("score_field") or "autolabel_disagreement"
-        summary = score_disagreement(target, reviewed, prefix + SEMANTIC_SUFFIX, score_field)
+        summary = score_disagreement(target, reviewed, semantic_field, score_field)
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
             yield ctx.ops.set_view(target.sort_by(score_field, reverse=True))
@@ -177,11 +174,11 @@ def _run_segment(
     """Drive segment_samples, reporting progress to the App or the delegated run."""
     params = ctx.params
     resolved = resolve_method(
-        params.get("method"),
-        params.get("recipe"),
-        params.get("model"),
-        params.get("pretrained"),
-        params.get("checkpoint"),
+        params.get("method") or None,
+        params.get("recipe") or None,
+        model=params.get("model") or None,
+        pretrained=params.get("pretrained") or None,
+        checkpoint=params.get("checkpoint") or None,
     )
     progress = None
     for progress in segment_samples(
@@ -191,9 +188,9 @@ def _run_segment(
         prefix,
         device=params.get("device") or "auto",
         overwrite=overwrite,
-        batch_size=int(params.get("batch_size") or 1),
-        max_side=int(params.get("max_side") or 1024),
-        min_area=int(params.get("min_area") if params.get("min_area") is not None else 16),
+        batch_size=_number(params, "batch_size", 1),
+        max_side=_number(params, "max_side", 1024),
+        min_area=_number(params, "min_area", 16),
     ):
         fraction = progress.done / progress.total if progress.total else 1.0
         label = f"autolabel: {progress.done}/{progress.total} images"
@@ -204,6 +201,11 @@ def _run_segment(
     if progress is not None and progress.failed and not ctx.delegated:
         first = "; ".join(f"{path}: {reason}" for path, reason in progress.failed[:3])
         yield ctx.ops.notify(f"{len(progress.failed)} images failed ({first})", variant="warning")
+
+
+def _number(params: dict[str, Any], key: str, default: int) -> int:
+    value = params.get(key)
+    return default if value is None else int(value)
 
 
 def _vocabulary(params: dict[str, Any]) -> Vocabulary:
@@ -232,7 +234,7 @@ def _method_inputs(ctx: Any, inputs: types.Object) -> None:
         "method",
         methods.values(),
         label="Method",
-        description="Empty: the recipe's method (car without a recipe)",
+        description=f"Empty: the recipe's method ({DEFAULT_METHOD} without a recipe)",
         view=methods,
     )
     recipes = types.AutocompleteView()
@@ -241,7 +243,11 @@ def _method_inputs(ctx: Any, inputs: types.Object) -> None:
     recipe_prop = inputs.str(
         "recipe", label="Recipe", description="A bundled recipe or a .yaml path", view=recipes
     )
-    _check(recipe_prop, lambda: resolve_method(ctx.params.get("method"), ctx.params.get("recipe")))
+    params = ctx.params
+    _check(
+        recipe_prop,
+        lambda: resolve_method(params.get("method") or None, params.get("recipe") or None),
+    )
     inputs.str("model", label="Model", description="Backbone name, e.g. ViT-B-16 or toy")
     inputs.str("pretrained", label="Pretrained tag", description="e.g. openai")
     inputs.str("checkpoint", label="Checkpoint", description="Local weights file for the model")
@@ -287,14 +293,14 @@ def _delegate(ctx: Any, count: int) -> bool:
     return bool(choice) if choice is not None else count > DELEGATE_ABOVE
 
 
-def _delegate_input(ctx: Any, inputs: types.Object, count: int) -> None:
+def _delegate_input(inputs: types.Object, count: int) -> None:
     inputs.bool(
         "delegate",
         default=count > DELEGATE_ABOVE,
         label="Delegate",
         description=(
             f"{count} images to segment. Delegated runs go to the queue that "
-            "`fiftyone delegated launch` works through, with progress in the App"
+            "`fiftyone delegated launch` works through, and record their progress"
         ),
     )
 
