@@ -23,7 +23,7 @@ from autolabel import __version__
 from autolabel.config import RunConfig
 from autolabel.errors import AutolabelError, UsageError
 from autolabel.images import ImageEntry, LoadedImage, LoadError, load_image, scan_images
-from autolabel.instances import instances_from_labels, semantic_from_instances
+from autolabel.instances import Instance, instances_from_labels, semantic_from_instances
 from autolabel.methods.base import Segmenter, SegResult, build_segmenter
 from autolabel.resize import fit_max_side
 from autolabel.store import OUTPUT_NAMES, RunStore
@@ -197,7 +197,9 @@ def _process(
                 stamps[entry.rel] = None  # load_image reports why
         loaded = [load_image(e) for e in batch]
         good = [im for im in loaded if isinstance(im, LoadedImage)]
-        results = segment_loaded(segmenter, good, vocab, config.max_side) if good else {}
+        results = (
+            label_loaded(segmenter, good, vocab, config.max_side, config.min_area) if good else {}
+        )
         per_image = (time.perf_counter() - t0) / max(len(batch), 1)
         for item in loaded:
             stamp = stamps[item.entry.rel]
@@ -218,6 +220,41 @@ def _process(
             except Exception as exc:  # one image's post-processing must not end a long run
                 reason = f"post-processing failed: {type(exc).__name__}: {exc}"
                 yield _failed(item.entry, reason, per_image, stamp, config.out, item.size)
+
+
+@dataclass
+class Labelled:
+    """One image's segmentation and its instances at the upright original size."""
+
+    result: SegResult
+    instances: list[Instance]
+
+
+def label_loaded(
+    segmenter: Segmenter | None,
+    images: list[LoadedImage],
+    vocab: Vocabulary,
+    max_side: int,
+    min_area: int,
+) -> dict[str, Labelled | str]:
+    """Segment decoded images and turn each label map into instances; errors become reasons.
+
+    The one path from pixels to instances shared by runs, the Label Studio backend and the
+    FiftyOne plugin. Results are keyed by entry.rel.
+    """
+    labelled: dict[str, Labelled | str] = {}
+    for rel, outcome in segment_loaded(segmenter, images, vocab, max_side).items():
+        if isinstance(outcome, str):
+            labelled[rel] = outcome
+            continue
+        size = next(im.size for im in images if im.entry.rel == rel)
+        try:
+            instances = instances_from_labels(outcome.labels, outcome.probs, size, min_area)
+        except Exception as exc:  # one image's post-processing must not end a long run
+            labelled[rel] = f"post-processing failed: {type(exc).__name__}: {exc}"
+            continue
+        labelled[rel] = Labelled(outcome, instances)
+    return labelled
 
 
 def segment_loaded(
@@ -268,14 +305,14 @@ def _crop_result(result: SegResult, box: tuple[int, int, int, int]) -> SegResult
 
 def _write_image(
     item: LoadedImage,
-    result: SegResult,
+    labelled: Labelled,
     vocab: Vocabulary,
     config: RunConfig,
     seconds: float,
     stamp: list[int] | None,
 ) -> dict[str, Any]:
     size = item.size
-    instances = instances_from_labels(result.labels, result.probs, size, config.min_area)
+    instances = labelled.instances
     mask = _mask_name(item.entry)
     write_label_png(config.out / mask, semantic_from_instances(instances, size))
     if config.previews:
@@ -294,7 +331,7 @@ def _write_image(
         "mask": mask,
         "stamp": stamp,
         "instances": [inst.to_dict() for inst in instances],
-        "scores": [round(float(s), 6) for s in result.scores],
+        "scores": [round(float(s), 6) for s in labelled.result.scores],
     }
 
 

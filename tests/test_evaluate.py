@@ -131,7 +131,9 @@ def test_colour_ground_truth_and_bad_folders_are_usage_errors(tmp_path: Path) ->
         evaluate_run(run, tmp_path / "empty")
 
 
-def test_eval_command_prints_a_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_eval_command_prints_a_table_and_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     run = _write_run(tmp_path, {"a.png": PRED}, ["one", "two", "three"])
     write_label_png(tmp_path / "gt" / "a.png", GT)
     assert main(["eval", str(run), "--gt-masks", str(tmp_path / "gt")]) == 0

@@ -311,3 +311,17 @@ def test_task_without_annotation_is_not_exported() -> None:
     summary = PullSummary(1, Path("o.json"), Path("r.json"))
     assert review_task(task, {"cat": 1}, summary) is None
     assert summary.tasks_without_annotation == 1
+
+
+def test_unreadable_and_foreign_regions_are_skipped_not_fatal() -> None:
+    m = np.zeros((20, 30), bool)
+    m[1:5, 1:5] = True
+    task = _task([("cat", m)], [("cat", m), ("dog", m)])
+    final = task["annotations"][0]["result"]
+    final[1]["value"]["rle"] = final[1]["value"]["rle"][:10]  # truncated by a broken client
+    final.append({"type": "choices", "value": {"choices": ["ok"]}})
+    final.append({**final[0], "value": {**final[0]["value"], "brushlabels": ["horse"]}})
+    summary = PullSummary(1, Path("o.json"), Path("r.json"))
+    record = review_task(task, {n: i + 1 for i, n in enumerate(VOCAB.names)}, summary)
+    assert [i["category_id"] for i in record["instances"]] == [1]
+    assert summary.regions_skipped == 3

@@ -93,11 +93,15 @@ def test_generate_command_writes_images_masks_and_vocab(tmp_path: Path) -> None:
     out = tmp_path / "toy"
     assert main(["toyworld", "generate", str(out), "--n", "3", "--seed", "9", "--size", "64"]) == 0
     images = sorted(p.name for p in (out / "images").iterdir())
-    assert images == sorted(p.name for p in (out / "masks").iterdir()) == [
-        "00000.png",
-        "00001.png",
-        "00002.png",
-    ]
+    assert (
+        images
+        == sorted(p.name for p in (out / "masks").iterdir())
+        == [
+            "00000.png",
+            "00001.png",
+            "00002.png",
+        ]
+    )
     vocab = load_vocabulary(out / "vocab.txt")
     assert vocab.names == list(CLASSES)
     for i, name in enumerate(images):
@@ -116,3 +120,17 @@ def test_write_dataset_rejects_bad_counts(tmp_path: Path) -> None:
         write_dataset(tmp_path, 0, 0, 64)
     with pytest.raises(UsageError, match="--size 8"):
         write_dataset(tmp_path, 1, 0, 8)
+
+
+def test_demo_labels_toy_scenes_offline_and_says_where_to_look(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    labels = out / "labels"
+    masks = sorted(p.name for p in (labels / "masks").iterdir())
+    assert masks == sorted(p.name for p in (out / "scenes" / "images").iterdir())
+    assert len(list((labels / "previews").iterdir())) == len(masks)
+    assert (labels / "annotations.json").is_file()
+    assert "mIoU" in text and str(labels / "previews") in text

@@ -13,10 +13,10 @@ from typing import Any
 from label_studio_sdk.label_interface import LabelInterface
 
 from autolabel.backend.media import MediaError, MediaResolver
-from autolabel.config import RunConfig
+from autolabel.config import resolve_method
 from autolabel.errors import AutolabelError
 from autolabel.images import ImageEntry, LoadError, load_image
-from autolabel.instances import Instance, instances_from_labels
+from autolabel.instances import Instance
 from autolabel.labelstudio.config import (
     LabelTarget,
     find_target,
@@ -26,7 +26,7 @@ from autolabel.labelstudio.config import (
 from autolabel.labelstudio.provenance import model_version
 from autolabel.labelstudio.regions import check_prediction, make_prediction
 from autolabel.methods.base import Segmenter, build_segmenter
-from autolabel.resize import fit_max_side
+from autolabel.runner import label_loaded
 from autolabel.vocab import DEFAULT_BACKGROUND, Vocabulary
 
 log = logging.getLogger("autolabel.backend")
@@ -66,22 +66,13 @@ class Predictor:
     def __init__(
         self, options: BackendOptions, media: MediaResolver, segmenter: Segmenter | None = None
     ) -> None:
-        # RunConfig.resolve merges recipe and options exactly as `autolabel run` does; the
-        # paths are unused here.
-        placeholder = Path(".")
-        resolved = RunConfig(
-            placeholder,
-            placeholder,
-            placeholder,
-            method=options.method,
-            recipe=options.recipe,
+        resolved = resolve_method(
+            options.method,
+            options.recipe,
             model=options.model,
             pretrained=options.pretrained,
             checkpoint=options.checkpoint,
-            device=options.device,
-            max_side=options.max_side,
-            min_area=options.min_area,
-        ).resolve()
+        )
         self.options = options
         self.method = resolved.method
         self.settings = resolved.settings
@@ -143,15 +134,14 @@ class Predictor:
             loaded = load_image(ImageEntry(0, path, path.name))
         if isinstance(loaded, LoadError):
             raise MediaError(f"image of task {task_id}: {loaded.reason}")
-        rgb = loaded.rgb
-        # The same steps as `autolabel run`: working size, segment, instances at full size.
+        # The same path as `autolabel run`: working size, segment, instances at full size.
         with self._model_lock:
-            result = self.segmenter.segment_batch(
-                [fit_max_side(rgb, self.options.max_side)], spec.vocab
-            )[0]
-        return instances_from_labels(
-            result.labels, result.probs, rgb.shape[:2], self.options.min_area
-        )
+            outcome = label_loaded(
+                self.segmenter, [loaded], spec.vocab, self.options.max_side, self.options.min_area
+            )[loaded.entry.rel]
+        if isinstance(outcome, str):
+            raise MediaError(f"image of task {task_id}: {outcome}")
+        return outcome.instances
 
     def describe(self) -> dict[str, Any]:
         """Method, settings and models, for /health and the logs."""

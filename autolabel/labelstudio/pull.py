@@ -153,10 +153,13 @@ def _masks(
     result: list[dict], category: dict[str, int]
 ) -> tuple[list[tuple[int, np.ndarray]], int]:
     """(category id, mask) of every brush or polygon region whose label is a category, and
-    how many regions were left out."""
+    how many regions were left out (other types, other labels, or unreadable)."""
     masks = []
     for region in result:
-        decoded = region_mask(region)
+        try:
+            decoded = region_mask(region)
+        except (KeyError, TypeError, ValueError):
+            continue
         if decoded is not None and decoded[0] in category:
             masks.append((category[decoded[0]], decoded[1]))
     return masks, len(result) - len(masks)

@@ -196,20 +196,19 @@ def push_run(
 
     sender = _Sender(client, project.id, chunk_bytes, summary)
     for done, image in enumerate(run.images, 1):
-        prediction = make_prediction(image.instances, labels, project.target, run.model_version)
-        check_prediction(interface, prediction, f"{project.where}, image {image.file_name}")
         image_url = urls.url(image.file_name)
         task = existing.get(image_url)
-        if task is None:
-            data = {
-                project.target.value_key: image_url,
-                META_KEY: {"file": image.file_name, "width": image.width, "height": image.height},
-            }
-            sender.add("tasks", {"data": data, "predictions": [prediction]})
-        elif run.model_version in task[1]:
+        if task is not None and run.model_version in task[1]:
             summary.unchanged += 1
         else:
-            sender.add("predictions", {"task": task[0], **prediction})
+            prediction = make_prediction(image.instances, labels, project.target, run.model_version)
+            check_prediction(interface, prediction, f"{project.where}, image {image.file_name}")
+            if task is None:
+                meta = {"file": image.file_name, "width": image.width, "height": image.height}
+                data = {project.target.value_key: image_url, META_KEY: meta}
+                sender.add("tasks", {"data": data, "predictions": [prediction]})
+            else:
+                sender.add("predictions", {"task": task[0], **prediction})
         if progress is not None:
             progress(done, len(run.images))
     sender.flush("tasks")

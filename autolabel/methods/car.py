@@ -359,15 +359,19 @@ def _classifier_pixels(clip: ClipModel, images: list[np.ndarray]) -> torch.Tenso
 
 @torch.no_grad()
 def _penultimate_embedding(clip: ClipModel, pixels: torch.Tensor, parity: bool) -> torch.Tensor:
-    """g's image vector: ln_post + proj of the class token after the second-to-last block.
+    """g's image vector: the model's own pooling + proj after the second-to-last block.
 
-    The official classifier skips the last block (car.md §1.3); θ is calibrated to that.
+    The official classifier skips the last block (car.md §1.3); θ is calibrated to that. Its
+    pooling is OpenAI CLIP's class token; a model trained with average pooling (open_clip
+    pool_type "avg", e.g. the toy model) is pooled its own way.
     """
     visual = clip.model.visual
     x = gradcam.embed_tokens(visual, pixels)
     for block in visual.transformer.resblocks[: gradcam.trunk_depth(visual, x.shape[1], parity)]:
         x, _ = gradcam.block_forward(block, x, average=False)
-    feats = visual.ln_post(x[:, 0]) @ visual.proj
+    x = visual.ln_post(x)
+    pooled = x[:, 1:].mean(dim=1) if getattr(visual, "pool_type", "tok") == "avg" else x[:, 0]
+    feats = pooled @ visual.proj
     return feats / feats.norm(dim=-1, keepdim=True)
 
 

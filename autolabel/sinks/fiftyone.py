@@ -23,10 +23,10 @@ from autolabel import __version__
 from autolabel.config import ResolvedRun
 from autolabel.errors import UsageError
 from autolabel.images import ImageEntry, LoadError, load_image
-from autolabel.instances import Instance, instances_from_labels, semantic_from_instances
+from autolabel.instances import Instance, semantic_from_instances
 from autolabel.methods.base import build_segmenter
 from autolabel.resize import resize_labels
-from autolabel.runner import package_versions, segment_loaded
+from autolabel.runner import label_loaded, package_versions
 from autolabel.vocab import Vocabulary
 
 INSTANCES_SUFFIX = "_instances"
@@ -304,16 +304,15 @@ def segment_samples(
         # The sample id is the entry's key: a file may back several samples.
         loaded = [load_image(ImageEntry(0, Path(path), sample_id)) for sample_id, path in batch]
         good = [item for item in loaded if not isinstance(item, LoadError)]
-        results = segment_loaded(segmenter, good, vocab, max_side) if good else {}
+        results = label_loaded(segmenter, good, vocab, max_side, min_area) if good else {}
         detections, semantic = {}, {}
         for (sample_id, path), item in zip(batch, loaded, strict=True):
             outcome = item.reason if isinstance(item, LoadError) else results[sample_id]
             if isinstance(outcome, str):
                 progress.failed.append((path, outcome))
                 continue
-            instances = instances_from_labels(outcome.labels, outcome.probs, item.size, min_area)
-            detections[sample_id] = to_detections(instances, vocab.names, item.size)
-            semantic[sample_id] = to_segmentation(instances, item.size)
+            detections[sample_id] = to_detections(outcome.instances, vocab.names, item.size)
+            semantic[sample_id] = to_segmentation(outcome.instances, item.size)
         if detections:
             dataset.set_values(instances_field, detections, key_field="id")
             dataset.set_values(semantic_field, semantic, key_field="id")

@@ -66,7 +66,10 @@ def standard_patches(visual: torch.nn.Module, x_in: torch.Tensor) -> torch.Tenso
 def naclip_patches(
     visual: torch.nn.Module, x_in: torch.Tensor, grid: tuple[int, int]
 ) -> torch.Tensor:
-    """Projected patch tokens after a NACLIP last block: softmax(s*KK^T + Gaussian), no residual/FFN."""
+    """Projected patch tokens after a NACLIP last block.
+
+    Attention softmax(s*KK^T + Gaussian locality), no residual, no FFN (ovss_landscape.md §3).
+    """
     block = visual.transformer.resblocks[-1]
     attn = block.attn
     heads = attn.num_heads

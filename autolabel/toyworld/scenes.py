@@ -42,7 +42,7 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class ToyObject:
-    """One painted shape: class id (1-based), centre (x, y) and radius in pixels, angle in degrees."""
+    """One painted shape: class id (1-based), centre (x, y) and radius in pixels, angle (deg)."""
 
     class_id: int
     centre: tuple[float, float]

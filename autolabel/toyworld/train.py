@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autolabel.models.clip import OPENAI_MEAN, OPENAI_STD, TOY_DIR, TOY_NAME
 from autolabel.toyworld.features import (
     encode_text,
     last_block_input,
@@ -27,24 +28,12 @@ from autolabel.toyworld.features import (
 )
 from autolabel.toyworld.scenes import BACKGROUND_WORDS, CLASSES, make_scene
 from autolabel.vocab import DEFAULT_BACKGROUND
+from autolabel.writers.atomic import atomic_open, atomic_write_json
 
-# open_clip model config written as toy.json. The text tower is narrow because its token
-# embedding has a row for each of the standard tokenizer's 49408 tokens and dominates file size.
-TOY_CONFIG: dict = {
-    "embed_dim": 128,
-    "vision_cfg": {
-        "image_size": 128,
-        "layers": 4,
-        "width": 128,
-        "head_width": 32,
-        "mlp_ratio": 4.0,
-        "patch_size": 16,
-        "pool_type": "avg",
-    },
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
-}
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# The architecture is data: the bundled open_clip config (autolabel/assets/toy/toy.json). The
+# text tower is narrow because its token embedding has a row for each of the standard
+# tokenizer's 49408 tokens and dominates the file size.
+TOY_CONFIG: dict = json.loads((TOY_DIR / f"{TOY_NAME}.json").read_text(encoding="utf-8"))
 # Prompt templates seen in training, so that the ones methods use (raw names, CaR's origami and
 # scene templates, ImageNet-style photo templates) all land near the class concept.
 TEMPLATES: tuple[str, ...] = (
@@ -160,9 +149,12 @@ def train(
                 + f" eta {wall * (settings.steps - step) / 60:.1f}min"
             )
         if step % settings.save_every == 0 or step == settings.steps:
-            save(model, out, settings)
+            save(model, out)
     cpu_min = (time.process_time() - cpu0) / 60
     last["cpu_minutes"] = cpu_min
+    last["wall_minutes"] = (time.time() - t0) / 60
+    # Provenance beside the weights (toy.json itself must stay a plain open_clip config).
+    atomic_write_json(out / "training.json", {"settings": asdict(settings), "final": last})
     log(
         f"trained {settings.steps} steps in {(time.time() - t0) / 60:.1f} min wall, "
         f"{cpu_min:.1f} CPU-min; wrote {out}"
@@ -214,18 +206,12 @@ def _losses(
     return out
 
 
-def save(model: torch.nn.Module, out: Path, settings: TrainSettings) -> None:
-    """Write toy.json (open_clip config) and toy.pt (fp16 state dict) atomically."""
-    import os
-
+def save(model: torch.nn.Module, out: Path) -> None:
+    """Write toy.json (the open_clip config) and toy.pt (an fp16 state dict) atomically."""
     state = {k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items()}
-    tmp = out / "toy.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / "toy.pt")
-    config = dict(TOY_CONFIG, training=asdict(settings))
-    tmp = out / "toy.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, out / "toy.json")
+    with atomic_open(out / "toy.pt", "wb") as handle:
+        torch.save(state, handle)
+    atomic_write_json(out / "toy.json", TOY_CONFIG)
 
 
 def _scene_pool(

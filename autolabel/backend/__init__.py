@@ -1,0 +1,1 @@
+"""The Label Studio ML backend: the HTTP protocol (app), the model side (predictor), images."""
