@@ -50,6 +50,7 @@ def test_openai_state_dicts_get_quick_gelu(tiny_model: str, openai_model, tmp_pa
         torch.testing.assert_close(_outputs(model), expected)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_openai_extra_keys_and_torchscript(tiny_model: str, openai_model, tmp_path: Path) -> None:
     state = {k: v.clone() for k, v in openai_model.state_dict().items()}
     state.update(input_resolution=torch.tensor(32), context_length=torch.tensor(16))

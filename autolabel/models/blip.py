@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from autolabel.errors import ModelLoadError
-from autolabel.models.clip import OPENAI_MEAN, OPENAI_STD, offline_message, resolve_device
+from autolabel.models.clip import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    hub_offline_if_unreachable,
+    offline_message,
+    resolve_device,
+)
 
 DEFAULT_BLIP = "Salesforce/blip-itm-large-flickr"  # pnp_ovss.md §1.1: BLIP ViT-L, Flickr30k ITM
 DEFAULT_BRIDGETOWER = "BridgeTower/bridgetower-large-itm-mlm-itc"
@@ -165,28 +171,30 @@ def load_itm(model: str = DEFAULT_BLIP, device: str = "cpu") -> ItmModel:
         ) from exc
     dev = resolve_device(device)
     source, local = _resolve_source(model)
-    try:
-        config = transformers.AutoConfig.from_pretrained(source)
-        kind = config.model_type
-        if kind not in ITM_CLASSES:
-            raise ModelLoadError(
-                f"--model {model}: a {kind!r} model; method pnp needs a BLIP or BridgeTower "
-                f"image-text-matching model such as {DEFAULT_BLIP} or {DEFAULT_BRIDGETOWER}"
+    # Cache only when the hub's host does not resolve: no minute of retries before the message.
+    with hub_offline_if_unreachable():
+        try:
+            config = transformers.AutoConfig.from_pretrained(source)
+            kind = config.model_type
+            if kind not in ITM_CLASSES:
+                raise ModelLoadError(
+                    f"--model {model}: a {kind!r} model; method pnp needs a BLIP or BridgeTower "
+                    f"image-text-matching model such as {DEFAULT_BLIP} or {DEFAULT_BRIDGETOWER}"
+                )
+            cls = getattr(transformers, ITM_CLASSES[kind])
+            # Attention weights only come from the eager path (pnp_ovss.md §4.2).
+            net, info = cls.from_pretrained(
+                source, attn_implementation="eager", output_loading_info=True
             )
-        cls = getattr(transformers, ITM_CLASSES[kind])
-        # Attention weights only come from the eager path (pnp_ovss.md §4.2).
-        net, info = cls.from_pretrained(
-            source, attn_implementation="eager", output_loading_info=True
-        )
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # hub, HTTP and file errors share no base class
-        if local:
-            raise ModelLoadError(f"--model {model}: cannot load it ({exc})") from exc
-        raise ModelLoadError(
-            offline_message(f"model {model!r} (Hugging Face hub)", exc, _hub_fix(model), "id")
-        ) from exc
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # hub, HTTP and file errors share no base class
+            if local:
+                raise ModelLoadError(f"--model {model}: cannot load it ({exc})") from exc
+            raise ModelLoadError(
+                offline_message(f"model {model!r} (Hugging Face hub)", exc, _hub_fix(model), "id")
+            ) from exc
     missing_head = [k for k in info.get("missing_keys", ()) if k.startswith("itm")]
     if missing_head:
         raise ModelLoadError(

@@ -3,11 +3,15 @@ text-embedding cache. Models are loaded once per process and shared by every met
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -171,9 +175,35 @@ def _fetch_pretrained(name: str, tag: str) -> None:
             f"{', '.join(tags) or 'none (use --checkpoint PATH)'}"
         )
     try:
-        registry.download_pretrained(cfg)
+        with hub_offline_if_unreachable():
+            registry.download_pretrained(cfg)
     except Exception as exc:  # hub and HTTP errors share no base class
         raise ModelLoadError(_offline_message(name, tag, exc)) from exc
+
+
+@contextlib.contextmanager
+def hub_offline_if_unreachable() -> Iterator[None]:
+    """Use only the local cache when the hub's host does not resolve (and no proxy is set).
+
+    Otherwise the hub client retries each file for about 25 s and prints every retry before the
+    offline message; the cache still serves weights that were downloaded earlier.
+    """
+    from huggingface_hub import constants
+
+    proxies = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    unreachable = False
+    if not constants.HF_HUB_OFFLINE and not any(os.environ.get(v) for v in proxies):
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError:
+            unreachable = True
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = previous or unreachable
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
 
 
 @functools.lru_cache(maxsize=4)
