@@ -233,6 +233,11 @@ def load_clip(
         # The toy model has exactly one set of weights, the bundled one, unless a file is given.
         if checkpoint is None:
             checkpoint = str(TOY_DIR / f"{TOY_NAME}.pt")
+            if not Path(checkpoint).is_file():
+                raise ModelLoadError(
+                    f"the bundled toy model weights are missing ({checkpoint}); "
+                    "reinstall autolabel, or retrain them with `autolabel toyworld train`"
+                )
         pretrained = None
     if name not in open_clip.list_models():
         raise ModelLoadError(
