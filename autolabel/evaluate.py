@@ -50,8 +50,8 @@ class SegmentationScores:
                 f"prediction holds class id {int(p.max())}, beyond the {k - 1} classes"
             )
         self.confusion += np.bincount(g * k + p, minlength=k * k).reshape(k, k)
-        # Presence counts pixels anywhere, also under ignore: a class the run labels where the
-        # ground truth says "unlabelled" is not evidence either way, so only valid pixels count.
+        # Presence uses valid pixels only: a class the run paints where the ground truth says
+        # "unlabelled" is evidence neither for nor against it.
         truth = np.bincount(g, minlength=k)[1:] > 0
         said = np.bincount(p, minlength=k)[1:] > 0
         self.presence[1:, 0] += truth & said

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -260,8 +262,10 @@ def test_cam_text_switches_to_the_template_from_step_two(tiny_model: str, weight
     seg = build(settings(tiny_model, weights), "cpu")
     assert seg._cam_text("dog", 0) == "dog"
     assert seg._cam_text("dog", 1) == "a clean origami dog."
-    seg.settings.cam_text = "template"
-    assert seg._cam_text("dog", 0) == "a clean origami dog."
+    seg = build(settings(tiny_model, weights, cam_text="template"), "cpu")
+    assert seg._cam_text("dog", 0) == seg._cam_text("dog", 1) == "a clean origami dog."
+    seg = build(settings(tiny_model, weights, cam_text="template", parity=True), "cpu")
+    assert seg._cam_text("dog", 0) == "dog"
 
 
 def test_settings_defaults_parity_and_errors(tiny_model: str) -> None:
@@ -273,6 +277,9 @@ def test_settings_defaults_parity_and_errors(tiny_model: str) -> None:
     assert toy.classifier_model == "toy" and toy.pretrained is None
     local = CaRSettings.from_dict({"checkpoint": "f.pt", "classifier_pretrained": "none"})
     assert local.pretrained is None and local.classifier_pretrained is None
+    assert CaRSettings.from_dict(
+        {"parity": True, "classifier_skip_last": False}
+    ).classifier_skip_last
     parity = CaRSettings.from_dict({"parity": True, "cam_text": "raw"})
     assert (parity.cam_text, parity.crf_image, parity.cam_max_side) == (
         "official",
@@ -302,21 +309,26 @@ def test_bundled_recipes_load(tiny_model: str) -> None:
 # --- the whole method -----------------------------------------------------------------------
 
 
-def _count_images(module: torch.nn.Module) -> list[int]:
+@contextmanager
+def counting(module: torch.nn.Module) -> Iterator[list[int]]:
+    """Batch sizes of every call to `module` inside the block."""
     seen: list[int] = []
-    module.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
-    return seen
+    handle = module.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def test_fast_path_equals_reference_path(tiny_model: str, weights, images) -> None:
     fast = build(settings(tiny_model, weights), "cpu")
     ref = build(settings(tiny_model, weights, engine="reference"), "cpu")
     assert fast.f is ref.f and fast.f is not fast.g
-    g_images = _count_images(fast.g.model.visual.conv1)
-    out_fast = fast.segment_batch(images, VOCAB)
+    with counting(fast.g.model.visual.conv1) as g_images:
+        out_fast = fast.segment_batch(images, VOCAB)
     fast_g = sum(g_images)
-    g_images.clear()
-    out_ref = ref.segment_batch(images, VOCAB)
+    with counting(fast.g.model.visual.conv1) as g_images:
+        out_ref = ref.segment_batch(images, VOCAB)
     ref_g = sum(g_images)
     survivors = [int((r.scores > 0).sum()) for r in out_fast]
     assert survivors == [2, 1], "the seeded weights should prune one and two of three queries"
@@ -346,6 +358,19 @@ def test_engines_agree_step_by_step(tiny_model: str, weights, images) -> None:
         (p_ref,) = ref.engine.classify([prompted], [texts])
         np.testing.assert_allclose(p_fast, p_ref, atol=1e-5)
         np.testing.assert_allclose(p_fast.sum(axis=1), 1, atol=1e-5)
+
+
+def test_classifier_skips_its_last_block_unless_told(tiny_model: str, weights, images) -> None:
+    calls = {}
+    for skip in (True, False):
+        seg = build(settings(tiny_model, weights, classifier_skip_last=skip), "cpu")
+        last = seg.g.model.visual.transformer.resblocks[-1]
+        prompted = [images[0], images[0][::-1].copy()]
+        seg.engine.prepare(images[:1])  # a fresh batch: no cached image embeddings
+        with counting(last.ln_1) as seen:
+            seg.engine.classify([prompted], [["red square", "blue disc"]])
+        calls[skip] = sum(seen)
+    assert calls == {True: 0, False: 2}
 
 
 def test_segment_batch_outputs(tiny_model: str, weights, images) -> None:

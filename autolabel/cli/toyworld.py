@@ -41,7 +41,7 @@ def train(
     out: Path = typer.Argument(..., help="Folder for toy.json and toy.pt."),
     seed: int = typer.Option(0, "--seed", help="Seed for scenes, initialisation and batches."),
     steps: int = typer.Option(None, "--steps", help="Optimiser steps [default: as shipped]."),
-    threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for torch."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
     """Train the toy CLIP from scratch, as the bundled weights were trained."""

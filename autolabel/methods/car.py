@@ -82,11 +82,15 @@ class CaRSettings:
     mask_threshold: float = 0.4  # η: proposal binarisation for the visual prompt
     confidence_threshold: float = 0.6  # θ: a query stays alive if P_ii > θ
     clipes_threshold: float = 0.4  # λ: CLIP-ES box threshold (fraction of the CAM max)
+    # The official classifier skips its last block (θ is calibrated to that); a model whose
+    # penultimate features are not aligned with text (the toy model) can use every block.
+    classifier_skip_last: bool = True
     visual_prompts: list[str] = field(default_factory=lambda: ["circle", "blur"])
     templates: list[str] = field(default_factory=lambda: list(SEMANTIC_TEMPLATES))
     cam_template: str = CAM_TEMPLATE
-    # Which string f's Grad-CAM targets: "official" = the raw query at step 1, the templated
-    # one from step 2 on (the official code's quirk); "template"/"raw" = the same every step.
+    # Which string f's Grad-CAM targets: "official" = the raw query at step 1 and the templated
+    # one from step 2 on (the official code's quirk, kept: on the toy world the consistent
+    # variants were neither better nor worse); "template"/"raw" = the same string every step.
     cam_text: str = "official"
     crf_image: str = "rgb"  # "official": the wrapped mean-subtracted BGR image (parity quirk)
     bg_factor: float = 1.0  # background unary = (1 - max proposal) ** bg_factor
@@ -118,7 +122,10 @@ class CaRSettings:
         )
         values["parity"] = bool(values.get("parity", False))
         if values["parity"]:
-            values.update(cam_text="official", crf_image="official", cam_max_side=None)
+            values.update(
+                cam_text="official", crf_image="official", cam_max_side=None,
+                classifier_skip_last=True,
+            )  # fmt: skip
         out = cls(**values)
         out._validate()
         return out
@@ -255,7 +262,7 @@ class FastEngine:
                     if key not in self._embeddings:
                         todo[key] = im
         if todo:
-            feats = _classifier_features(self.g, list(todo.values()), self.settings.parity)
+            feats = _classifier_features(self.g, list(todo.values()), self.settings)
             self._embeddings.update(zip(todo, feats, strict=True))
         scale = self.g.model.logit_scale.exp()
         out = []
@@ -318,7 +325,7 @@ class ReferenceEngine:
             pixels = _classifier_pixels(self.g, images)
             per_template = []
             for template in self.settings.templates:
-                emb = _penultimate_embedding(self.g, pixels, self.settings.parity)
+                emb = _classifier_embedding(self.g, pixels, self.settings)
                 text = _encode_uncached(self.g, [template.format(q) for q in queries])
                 per_template.append(scale * emb @ text.T)
             out.append(_ensemble(torch.stack(per_template)))
@@ -358,7 +365,9 @@ def _classifier_pixels(clip: ClipModel, images: list[np.ndarray]) -> torch.Tenso
 
 
 @torch.no_grad()
-def _penultimate_embedding(clip: ClipModel, pixels: torch.Tensor, parity: bool) -> torch.Tensor:
+def _classifier_embedding(
+    clip: ClipModel, pixels: torch.Tensor, settings: CaRSettings
+) -> torch.Tensor:
     """g's image vector: the model's own pooling + proj after the second-to-last block.
 
     The official classifier skips the last block (car.md §1.3); θ is calibrated to that. Its
@@ -367,7 +376,10 @@ def _penultimate_embedding(clip: ClipModel, pixels: torch.Tensor, parity: bool) 
     """
     visual = clip.model.visual
     x = gradcam.embed_tokens(visual, pixels)
-    for block in visual.transformer.resblocks[: gradcam.trunk_depth(visual, x.shape[1], parity)]:
+    depth = gradcam.trunk_depth(visual, x.shape[1], settings.parity)
+    if not settings.classifier_skip_last:
+        depth = len(visual.transformer.resblocks)
+    for block in visual.transformer.resblocks[:depth]:
         x, _ = gradcam.block_forward(block, x, average=False)
     x = visual.ln_post(x)
     pooled = x[:, 1:].mean(dim=1) if getattr(visual, "pool_type", "tok") == "avg" else x[:, 0]
@@ -376,12 +388,12 @@ def _penultimate_embedding(clip: ClipModel, pixels: torch.Tensor, parity: bool) 
 
 
 def _classifier_features(
-    clip: ClipModel, images: list[np.ndarray], parity: bool, batch: int = 16
+    clip: ClipModel, images: list[np.ndarray], settings: CaRSettings, batch: int = 16
 ) -> torch.Tensor:
     out = []
     for start in range(0, len(images), batch):
         pixels = _classifier_pixels(clip, images[start : start + batch])
-        out.append(_penultimate_embedding(clip, pixels, parity))
+        out.append(_classifier_embedding(clip, pixels, settings))
     return torch.cat(out)
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from autolabel.methods.base import SegResult
 from autolabel.models.clip import ClipModel, load_clip
-from autolabel.toyworld.features import last_block_input, naclip_patches
+from autolabel.models.vit_dense import last_block_input, naclip_patches
 from autolabel.vocab import Vocabulary
 
 # The 7-template subset OpenAI selected for ImageNet zero-shot (CLIP notebook "prompt

@@ -256,6 +256,7 @@ def grad_cams(
         normed, pooled, weights, probs = _last_block(visual, image, text, logit_scale)
         if image.affinity is None:
             image.affinity = sinkhorn_affinity([*image.attention, weights.detach()])
+            image.attention = []  # (1+n)^2 each; the affinity is all later steps need
         rows = list(range(len(foreground)))
         cams, passes = _batched_cams(normed, probs, rows, image.grid, heads)
         empty = [i for i in rows if float(cams[i].max()) == 0.0]

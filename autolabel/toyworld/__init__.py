@@ -1,0 +1,6 @@
+"""The toy world: procedural scenes with exact ground truth and the bundled toy CLIP model.
+
+scenes.py generates scenes, export.py writes them as a dataset folder, train.py trains the
+toy model (shipped as autolabel/assets/toy/), readout.py and quality.py score it and the
+methods that run on it.
+"""

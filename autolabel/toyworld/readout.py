@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from autolabel.evaluate import SegmentationScores
 from autolabel.models.clip import ClipModel
-from autolabel.toyworld.features import last_block_input, naclip_patches, standard_patches
+from autolabel.models.vit_dense import last_block_input, naclip_patches, standard_patches
 from autolabel.toyworld.scenes import BACKGROUND_WORDS, CLASSES, make_scene
 from autolabel.vocab import Vocabulary
 

@@ -1,7 +1,9 @@
 """Procedural toy scenes: coloured shapes on textured, noisy backgrounds, with exact label maps.
 
 Every scene is a pure function of (seed, index), so any scene can be rebuilt on its own and two
-seeds never share a scene.
+seeds never share a scene. Each shape also has its own surface finish (see _object_pixels): a
+4-layer ViT trained for half an hour on CPU did not learn bare outlines (shape accuracy stayed
+at chance after 60k images), while colour came in a few hundred steps.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ MAX_OBJECTS = 4
 # that all classes cover similar areas on average.
 RADIUS_RANGE = (0.13, 0.27)
 AREA_BOOST = {"circle": 0.92, "square": 1.0, "triangle": 1.15, "star": 1.3}
+FINISH_PERIOD = 7.0  # pixels between stripes / dots / checks
+FINISH_DARK = 0.55  # brightness of the finish's dark parts
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "{}",
     "a photo of {}.",
@@ -79,7 +83,7 @@ def make_scene(seed: int, index: int, size: int = DEFAULT_SIZE) -> Scene:
     for obj in objects:
         mask = shape_mask(obj, size)
         labels[mask] = obj.class_id
-        image[mask] = _object_pixels(rng, obj, int(mask.sum()))
+        image[mask] = _object_pixels(rng, obj, mask)
     noise = rng.normal(0.0, rng.uniform(2.0, 8.0), image.shape)
     image = np.clip(image + noise, 0, 255).astype(np.uint8)
     visible = [o for o in objects if (labels == o.class_id).any()]
@@ -170,12 +174,34 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(image, 0, 255)
 
 
-def _object_pixels(rng: np.random.Generator, obj: ToyObject, count: int) -> np.ndarray:
-    """Class colour with a per-object shade and per-pixel grain."""
+def _object_pixels(rng: np.random.Generator, obj: ToyObject, mask: np.ndarray) -> np.ndarray:
+    """Class colour with a per-object shade, the shape's surface finish and per-pixel grain.
+
+    Each shape has its own finish (circle plain, square stripes, triangle dots, star checks),
+    drawn in the object's own rotated frame, so that a part of an object tells its shape.
+    """
     colour = np.array(COLOURS[obj.name.split()[0]], dtype=np.float64)
     shade = rng.uniform(0.85, 1.1) * colour + rng.uniform(-12, 12, 3)
-    grain = rng.normal(0.0, 6.0, (count, 3))
-    return np.clip(shade + grain, 0, 255)
+    ys, xs = np.nonzero(mask)
+    theta = np.radians(obj.angle)
+    dx, dy = xs - obj.centre[0], ys - obj.centre[1]
+    u = dx * np.cos(theta) + dy * np.sin(theta)
+    v = -dx * np.sin(theta) + dy * np.cos(theta)
+    shape = SHAPES[(obj.class_id - 1) % len(SHAPES)]
+    period = FINISH_PERIOD
+    if shape == "square":
+        dark = np.sin(2 * np.pi * u / period) > 0
+    elif shape == "triangle":
+        du, dv = np.mod(u, period) - period / 2, np.mod(v, period) - period / 2
+        dark = du**2 + dv**2 < (period / 3) ** 2
+    elif shape == "star":
+        dark = np.sin(2 * np.pi * u / period) * np.sin(2 * np.pi * v / period) > 0
+    else:
+        dark = np.zeros(len(xs), bool)
+    pixels = np.repeat(shade[None], len(xs), axis=0)
+    pixels[dark] *= FINISH_DARK
+    grain = rng.normal(0.0, 6.0, pixels.shape)
+    return np.clip(pixels + grain, 0, 255)
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:

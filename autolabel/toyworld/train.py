@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from autolabel.models.clip import OPENAI_MEAN, OPENAI_STD, TOY_DIR, TOY_NAME
-from autolabel.toyworld.features import (
+from autolabel.models.vit_dense import (
     encode_text,
     last_block_input,
     naclip_patches,
@@ -54,16 +54,16 @@ class TrainSettings:
     """Everything that determines the trained weights."""
 
     seed: int = 0
-    steps: int = 1200
-    batch_size: int = 32
-    pool: int = 8000  # distinct scenes generated up front; batches reuse them with flips/rotations
-    lr: float = 2e-3
+    steps: int = 4000
+    batch_size: int = 16
+    pool: int = 6000  # distinct scenes generated up front; batches reuse them with flips/rotations
+    lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.05
     dense_weight: float = 1.0
     naclip_weight: float = 1.0
     prompt_prob: float = 0.2  # share of images shown with one object kept and the rest blurred/grey
-    threads: int = 2
+    threads: int = 1  # on a busy 2-core machine two threads were 10x slower (they wait)
     save_every: int = 100
     bf16: bool = False  # bfloat16 autocast (measured: no faster on CPU for a model this small)
     background_words: int = 10  # background words drawn per step for the dense loss
@@ -128,11 +128,12 @@ def train(
         )
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         batch["images"] = (batch["images"] - mean) / std
-        template = TEMPLATES[rng.integers(len(TEMPLATES))]
+        pair = rng.choice(len(TEMPLATES), 2, replace=False)
+        templates = (TEMPLATES[pair[0]], TEMPLATES[pair[1]])
         chosen = rng.choice(len(TRAIN_BACKGROUND), settings.background_words, replace=False)
         background = [TRAIN_BACKGROUND[j] for j in sorted(chosen)]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
-            losses = _losses(model, tokenizer, batch, template, background, grid, settings)
+            losses = _losses(model, tokenizer, batch, templates, background, grid, settings)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -166,18 +167,19 @@ def _losses(
     model: torch.nn.Module,
     tokenizer: Callable,
     batch: dict,
-    template: str,
+    templates: tuple[str, str],
     background: list[str],
     grid: tuple[int, int],
     settings: TrainSettings,
 ) -> dict[str, torch.Tensor]:
-    """Contrastive loss on mean-pooled patch tokens + dense losses on both last-block read-outs."""
+    """Contrastive losses (image-caption twice, class-class text), dense losses on patches."""
     captions = batch["captions"]
-    prompts = [template.format(c) for c in CLASSES]
-    prompts += [template.format(w) for w in background]
+    words = [*CLASSES, *background]
+    prompts = [t.format(w) for t in templates for w in words]
     device = batch["images"].device
     text = F.normalize(encode_text(model, tokenizer(prompts + captions).to(device)).float(), dim=-1)
-    class_text, caption_text = text[: len(prompts)], text[len(prompts) :]
+    class_text, other_text = text[: len(words)], text[len(words) : len(prompts)]
+    caption_text = text[len(prompts) :]
     scale = model.logit_scale.exp()
     n_bg = len(background)
     x_in = last_block_input(model.visual, batch["images"])
@@ -192,6 +194,10 @@ def _losses(
         "clip_cls": _contrastive(penultimate, caption_text, batch["keys"], scale),
         "dense": _dense_loss(std_tokens, class_text, n_bg, target, weight, scale),
         "naclip": torch.zeros((), device=device),
+        # Each class / background word under one template must pick itself out under another.
+        # Without this the text tower can settle on colour alone ("red circle" = "red square"),
+        # and then no loss rewards the image tower for seeing shape.
+        "text": _contrastive(class_text, other_text, [frozenset([w]) for w in words], scale),
     }
     if settings.naclip_weight > 0:
         nac_tokens = naclip_patches(model.visual, x_in, grid).float()
@@ -199,6 +205,7 @@ def _losses(
     out["loss"] = (
         out["clip"]
         + out["clip_cls"]
+        + out["text"]
         + settings.dense_weight * out["dense"]
         + settings.naclip_weight * out["naclip"]
     )

@@ -1,6 +1,7 @@
 """Patch-token read-outs of an open_clip ViT: the standard last block and a NACLIP-style one.
 
-Used to train the toy model's dense objective and to read its raw dense predictions.
+Used by the fast method, to train the toy model's dense objective and to read its raw dense
+predictions.
 """
 
 from __future__ import annotations
