@@ -277,9 +277,8 @@ def test_settings_defaults_parity_and_errors(tiny_model: str) -> None:
     assert toy.classifier_model == "toy" and toy.pretrained is None
     local = CaRSettings.from_dict({"checkpoint": "f.pt", "classifier_pretrained": "none"})
     assert local.pretrained is None and local.classifier_pretrained is None
-    assert CaRSettings.from_dict(
-        {"parity": True, "classifier_skip_last": False}
-    ).classifier_skip_last
+    strict = CaRSettings.from_dict({"parity": True, "classifier_skip_last": 0, "refine_cams": 0})
+    assert strict.classifier_skip_last and strict.refine_cams
     parity = CaRSettings.from_dict({"parity": True, "cam_text": "raw"})
     assert (parity.cam_text, parity.crf_image, parity.cam_max_side) == (
         "official",
@@ -358,6 +357,21 @@ def test_engines_agree_step_by_step(tiny_model: str, weights, images) -> None:
         (p_ref,) = ref.engine.classify([prompted], [texts])
         np.testing.assert_allclose(p_fast, p_ref, atol=1e-5)
         np.testing.assert_allclose(p_fast.sum(axis=1), 1, atol=1e-5)
+
+
+def test_unrefined_proposals_are_the_upsampled_grad_cams(tiny_model: str, weights, images) -> None:
+    seg = build(settings(tiny_model, weights, refine_cams=False), "cpu")
+    ref = build(settings(tiny_model, weights, refine_cams=False, engine="reference"), "cpu")
+    texts, bg = ["red square", "green bar"], ["a clean origami sky."]
+    state = seg.engine.prepare(images[:1])[0]
+    proposals = seg.engine.propose(state, texts, bg)
+    f = seg.f
+    cams, _ = gradcam.grad_cams(
+        f.model.visual, state, f.encode_text(texts), f.encode_text(bg), f.model.logit_scale.exp()
+    )
+    np.testing.assert_array_equal(proposals, gradcam.upsample(cams, images[0].shape[:2]))
+    same = ref.engine.propose(ref.engine.prepare(images[:1])[0], texts, bg)
+    np.testing.assert_allclose(same, proposals, atol=1e-4)
 
 
 def test_classifier_skips_its_last_block_unless_told(tiny_model: str, weights, images) -> None:

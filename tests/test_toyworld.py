@@ -148,3 +148,21 @@ def test_demo_labels_toy_scenes_offline_and_says_where_to_look(
     assert len(list((labels / "previews").iterdir())) == len(masks)
     assert (labels / "annotations.json").is_file()
     assert "mIoU" in text and str(labels / "previews") in text
+
+
+def test_training_is_deterministic_and_its_weights_load_through_open_clip(tmp_path: Path) -> None:
+    import torch
+
+    from autolabel.models.clip import load_clip
+    from autolabel.toyworld.train import TrainSettings, train
+
+    settings = TrainSettings(steps=2, batch_size=4, pool=8, warmup=1)
+    for name in ("a", "b"):
+        train(settings, tmp_path / name, log=lambda line: None)
+    a = torch.load(tmp_path / "a" / "toy.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "toy.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    trained = load_clip("toy", checkpoint=str(tmp_path / "a" / "toy.pt"))
+    assert torch.equal(trained.model.visual.proj, a["visual.proj"].float())
+    shipped = load_clip("toy")
+    assert not torch.equal(shipped.model.visual.proj, trained.model.visual.proj)

@@ -21,18 +21,21 @@ from autolabel.toyworld.scenes import make_scene
 
 SEED = 4242  # the toy model was trained on seed 0
 SCENES = 24
-# Measured on these 24 scenes (CPU, torch 2.15, the shipped toy.pt) -> floors.
+# Measured on these 24 scenes (CPU, torch 2.15, the shipped toy.pt, bundled toy recipes), and
+# the floors pinned a little below them. The issue's targets were car mIoU >= 0.6 and presence
+# F1 >= 0.9, fast mIoU >= 0.5: fast meets them; car does not (see the README's toy-world
+# section: Grad-CAM proposals follow colour, so of two objects of one colour CaR keeps one).
 MEASURED = {
-    "raw": {"miou": 0.824, "f1": 0.992},
-    "fast": {"miou": 0.851, "f1": 0.992},
-    "car": {"miou": 0.448, "f1": 0.845},
+    "raw": {"miou": 0.840, "f1": 1.000},
+    "raw-naclip": {"miou": 0.864, "f1": 1.000},
+    "fast": {"miou": 0.861, "f1": 1.000},
+    "car": {"miou": 0.519, "f1": 0.832},
 }
-# Floors a few points under the measurements: deterministic on one machine, with room for BLAS
-# and platform differences in the last digits.
 FLOORS = {
-    "raw": {"miou": 0.78, "f1": 0.95},
-    "fast": {"miou": 0.80, "f1": 0.95},
-    "car": {"miou": 0.40, "f1": 0.78},
+    "raw": {"miou": 0.80, "f1": 0.95},
+    "raw-naclip": {"miou": 0.82, "f1": 0.95},
+    "fast": {"miou": 0.82, "f1": 0.95},
+    "car": {"miou": 0.47, "f1": 0.78},
 }
 
 
@@ -51,7 +54,8 @@ def test_toy_weights_load_through_open_clip_and_know_the_classes() -> None:
     for s, row in zip(scenes, scores, strict=True):
         top = set((np.argsort(-row)[: len(s.present)] + 1).tolist())
         hits += len(top & set(s.present)) / len(s.present)
-    # Measured 0.788 (18.9 of 24 scenes' present classes ranked on top) with the shipped weights.
+    # Measured 0.806 with the shipped weights (0.78 on 300 scenes of seed 999): the image-level
+    # ranking is weaker than the dense read-out (presence F1 1.0); the cause was not measured.
     assert hits / SCENES > 0.75
 
 
@@ -68,7 +72,7 @@ def test_load_clip_returns_exactly_the_shipped_fp16_weights() -> None:
         assert torch.equal(value, state[name].float()), name
 
 
-@pytest.mark.parametrize("method", ["raw", "fast", "car"])
+@pytest.mark.parametrize("method", list(FLOORS))
 def test_method_quality_on_unseen_scenes(method: str, scenes: Path, tmp_path: Path) -> None:
     result = score(method, scenes, tmp_path / method)
     floor = FLOORS[method]

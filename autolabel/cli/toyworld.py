@@ -84,7 +84,6 @@ def demo(
         recipe="toy",
         device=device,
         previews=True,
-        min_area=0,
     )
     summary = run_with_progress(config)
     print_summary(summary)

@@ -82,6 +82,9 @@ class CaRSettings:
     mask_threshold: float = 0.4  # η: proposal binarisation for the visual prompt
     confidence_threshold: float = 0.6  # θ: a query stays alive if P_ii > θ
     clipes_threshold: float = 0.4  # λ: CLIP-ES box threshold (fraction of the CAM max)
+    # CLIP-ES's class-aware attention-affinity refinement of the Grad-CAMs (paper Table 2); a
+    # model whose attention is no affinity (the toy model) can use the Grad-CAMs as they are.
+    refine_cams: bool = True
     # The official classifier skips its last block (θ is calibrated to that); a model whose
     # penultimate features are not aligned with text (the toy model) can use every block.
     classifier_skip_last: bool = True
@@ -124,7 +127,7 @@ class CaRSettings:
         if values["parity"]:
             values.update(
                 cam_text="official", crf_image="official", cam_max_side=None,
-                classifier_skip_last=True,
+                classifier_skip_last=True, refine_cams=True,
             )  # fmt: skip
         out = cls(**values)
         out._validate()
@@ -245,9 +248,10 @@ class FastEngine:
         scale = self.f.model.logit_scale.exp()
         cams, backwards = gradcam.grad_cams(visual, state, fg, bg, scale)
         self.stats["backwards"] += backwards
-        boxes = _boxes(cams, self.settings.clipes_threshold)
-        refined = gradcam.refine(state.affinity, cams, boxes.to(cams.device))
-        return gradcam.upsample(refined, state.size)
+        if self.settings.refine_cams:
+            boxes = _boxes(cams, self.settings.clipes_threshold)
+            cams = gradcam.refine(state.affinity, cams, boxes.to(cams.device))
+        return gradcam.upsample(cams, state.size)
 
     @torch.no_grad()
     def classify(
@@ -310,8 +314,10 @@ class ReferenceEngine:
             cam, weights = gradcam.grad_cam_single(visual, image, fg, bg, scale, index)
             self.stats["backwards"] += 1
             maps = maps or [*image.attention, weights]
-            box = gradcam.box_mask(cam.cpu().numpy(), self.settings.clipes_threshold)
-            cams.append(gradcam.refine_single(maps, cam, torch.from_numpy(box).to(cam.device)))
+            if self.settings.refine_cams:
+                box = gradcam.box_mask(cam.cpu().numpy(), self.settings.clipes_threshold)
+                cam = gradcam.refine_single(maps, cam, torch.from_numpy(box).to(cam.device))
+            cams.append(cam)
         return gradcam.upsample(torch.stack(cams), size)
 
     @torch.no_grad()

@@ -1,8 +1,17 @@
-"""Train the toy CLIP: contrastive image-caption loss plus a dense patch-to-class-text loss.
+"""Train the toy CLIP from scratch on toy scenes (deterministic for a seed and thread count).
 
-The dense term reads patch tokens both through the unchanged last block (what Grad-CAM methods
-see) and through a NACLIP-style last block (what the `fast` method sees), so both localise.
-Deterministic for a given seed and thread count.
+Losses, all at the model's own logit scale:
+- image-caption InfoNCE on the mean-pooled patch tokens (the image embedding, pool_type "avg",
+  which is also what CLIP-ES Grad-CAM differentiates) and on the class token entering the last
+  block (the read-out CaR's paper classifier uses); captions naming the same classes are
+  positives of each other;
+- a dense loss: each patch token, read through the unchanged last block (Grad-CAM methods) and
+  through a NACLIP-style last block (the `fast` method), classified against the 16 class texts
+  and the background words, with the patch's class fractions as soft targets;
+- a text-text InfoNCE between two templates of each class / background word: without it the
+  text tower settled on colour alone and nothing rewarded the image tower for seeing shape.
+Some images are shown with one object kept and the rest greyed or blurred (CaR's visual prompts)
+and captioned with that object alone.
 """
 
 from __future__ import annotations
