@@ -140,8 +140,8 @@ def resolve_method(
 
 
 @dataclass
-class RunConfig:
-    """Everything `autolabel run` needs; the CLI fills it, the runner consumes it."""
+class JobConfig:
+    """What `autolabel run` and `autolabel tune` share: the inputs, the method and its models."""
 
     images: Path
     vocab: Path
@@ -159,11 +159,6 @@ class RunConfig:
     device: str = "auto"
     batch_size: int = 1
     max_side: int = 1024
-    min_area: int = 16
-    previews: bool = False
-    resume: bool = True
-    overwrite: bool = False
-    progress: bool = True
 
     def resolve(self) -> ResolvedRun:
         """Check the numeric options, then resolve the method as resolve_method does."""
@@ -171,12 +166,27 @@ class RunConfig:
             raise UsageError("--batch-size must be at least 1")
         if self.max_side < 32:
             raise UsageError("--max-side must be at least 32 pixels")
-        if self.min_area < 0:
-            raise UsageError("--min-area cannot be negative")
         models = {key: getattr(self, key) for key in MODEL_KEYS}
         return resolve_method(
             self.method, self.recipe, parity=self.parity, background=self.background, **models
         )
+
+
+@dataclass
+class RunConfig(JobConfig):
+    """Everything `autolabel run` needs; the CLI fills it, the runner consumes it."""
+
+    min_area: int = 16
+    previews: bool = False
+    resume: bool = True
+    overwrite: bool = False
+    progress: bool = True
+
+    def resolve(self) -> ResolvedRun:
+        """Check --min-area too, then resolve as JobConfig does."""
+        if self.min_area < 0:
+            raise UsageError("--min-area cannot be negative")
+        return super().resolve()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy for run.json."""
@@ -184,6 +194,25 @@ class RunConfig:
         for key in ("images", "vocab", "out"):
             data[key] = os.fspath(data[key])
         return data
+
+
+@dataclass
+class TuneConfig(JobConfig):
+    """Everything `autolabel tune` needs; the CLI fills it, autolabel.tune.run_tune consumes it.
+
+    `out` is the recipe YAML to write; the search log goes next to it.
+    """
+
+    max_side: int = 512
+    tags: Path | None = None  # None: CLIP tags the images
+    tag_threshold: float = 0.1
+    clip_model: str = "ViT-B-16"
+    clip_pretrained: str | None = "openai"
+    clip_checkpoint: str | None = None
+    budget: int = 20
+    max_images: int = 20
+    seed: int = 0
+    restart: bool = False
 
 
 @dataclass

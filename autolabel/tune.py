@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autolabel.config import Recipe, TuneConfig, save_recipe
 from autolabel.errors import ModelLoadError, UsageError
 from autolabel.methods.base import Segmenter, SegResult, build_segmenter
 from autolabel.methods.pnp import class_text, clip_inputs, clip_presence, clip_probabilities
@@ -248,46 +249,42 @@ class ClipReward:
         return int((masked > blank).sum())
 
 
-def evaluate_reward(
-    segmenter: Segmenter,
-    reward: ClipReward,
-    images: list[np.ndarray],
-    tags: list[list[int]],
-    vocab: Vocabulary,
-    batch_size: int = 1,
-) -> float:
-    """Segment the images and return the fraction of tagged classes that pass the test."""
-    total = sum(len(t) for t in tags)
-    if total == 0:
-        raise UsageError("autolabel tune: no image has a tag from the vocabulary")
-    hits = 0
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        for image, result, own in zip(
-            chunk,
-            segmenter.segment_batch(chunk, vocab),
-            tags[start : start + batch_size],
-            strict=True,
-        ):
-            hits += reward.hits(image, result, own)
-    return hits / total
+@dataclass
+class RewardSet:
+    """What a search scores each candidate on: the images, their tags (0-based) and the reward."""
+
+    reward: ClipReward
+    images: list[np.ndarray]
+    tags: list[list[int]]
+    vocab: Vocabulary
+    batch_size: int = 1
+
+    def score(self, segmenter: Segmenter) -> float:
+        """Segment the images and return the fraction of tagged classes that pass the test."""
+        total = sum(len(t) for t in self.tags)
+        if total == 0:
+            raise UsageError("autolabel tune: no image has a tag from the vocabulary")
+        hits = 0
+        step = self.batch_size
+        for start in range(0, len(self.images), step):
+            chunk = self.images[start : start + step]
+            for image, result, own in zip(
+                chunk,
+                segmenter.segment_batch(chunk, self.vocab),
+                self.tags[start : start + step],
+                strict=True,
+            ):
+                hits += self.reward.hits(image, result, own)
+        return hits / total
 
 
 def make_evaluator(
-    method: str,
-    base: dict[str, Any],
-    device: str,
-    reward: ClipReward,
-    images: list[np.ndarray],
-    tags: list[list[int]],
-    vocab: Vocabulary,
-    batch_size: int = 1,
+    method: str, base: dict[str, Any], device: str, sample: RewardSet
 ) -> Callable[[dict[str, Any]], float]:
-    """The reward of a candidate: build the method with base + candidate settings, segment."""
+    """The reward of a candidate: build the method with base + candidate settings, score it."""
 
     def evaluate(params: dict[str, Any]) -> float:
-        segmenter = build_segmenter(method, {**base, **params}, device)
-        return evaluate_reward(segmenter, reward, images, tags, vocab, batch_size)
+        return sample.score(build_segmenter(method, {**base, **params}, device))
 
     return evaluate
 
@@ -375,36 +372,6 @@ def clip_tags(
 
 
 @dataclass
-class TuneConfig:
-    """Everything `autolabel tune` needs; the CLI fills it, run_tune consumes it."""
-
-    images: Path
-    vocab: Path
-    out: Path  # the recipe YAML to write; the log goes next to it
-    method: str
-    recipe: str | None = None
-    model: str | None = None
-    pretrained: str | None = None
-    checkpoint: str | None = None
-    classifier_model: str | None = None
-    classifier_pretrained: str | None = None
-    classifier_checkpoint: str | None = None
-    background: list[str] | None = None
-    tags: Path | None = None
-    tag_threshold: float = 0.1
-    clip_model: str = "ViT-B-16"
-    clip_pretrained: str | None = "openai"
-    clip_checkpoint: str | None = None
-    budget: int = 20
-    max_images: int = 20
-    max_side: int = 512
-    seed: int = 0
-    device: str = "auto"
-    batch_size: int = 1
-    restart: bool = False
-
-
-@dataclass
 class TuneSummary:
     """What a search did and where it wrote."""
 
@@ -424,7 +391,6 @@ def log_path_for(out: Path) -> Path:
 
 def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = None) -> TuneSummary:
     """Search the method's settings on the images and write the best as a recipe."""
-    from autolabel.config import Recipe, RunConfig, save_recipe
     from autolabel.images import LoadedImage, iter_images, scan_images
     from autolabel.models.clip import load_clip
     from autolabel.resize import fit_max_side
@@ -436,23 +402,7 @@ def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = N
         raise UsageError(f"-o {config.out}: the recipe must be a .yaml file")
     if config.max_images < 1:
         raise UsageError("autolabel tune: --max-images must be at least 1")
-    resolved = RunConfig(
-        images=config.images,
-        vocab=config.vocab,
-        out=config.out.parent,
-        method=config.method,
-        recipe=config.recipe,
-        model=config.model,
-        pretrained=config.pretrained,
-        checkpoint=config.checkpoint,
-        classifier_model=config.classifier_model,
-        classifier_pretrained=config.classifier_pretrained,
-        classifier_checkpoint=config.classifier_checkpoint,
-        background=config.background,
-        device=config.device,
-        batch_size=config.batch_size,
-        max_side=config.max_side,
-    ).resolve()
+    resolved = config.resolve()
     vocab = load_vocabulary(config.vocab, resolved.background)
     if not config.images.is_dir():
         raise UsageError(f"{config.images}: not a folder of images")
@@ -496,16 +446,8 @@ def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = N
             "clip": [config.clip_model, config.clip_pretrained, config.clip_checkpoint],
         }
     )
-    evaluate = make_evaluator(
-        config.method,
-        base,
-        config.device,
-        ClipReward(clip, vocab),
-        arrays,
-        tags,
-        vocab,
-        config.batch_size,
-    )
+    sample = RewardSet(ClipReward(clip, vocab), arrays, tags, vocab, config.batch_size)
+    evaluate = make_evaluator(config.method, base, config.device, sample)
     result = random_search(
         space, evaluate, config.budget, config.seed, log_path, key, default or None, progress
     )

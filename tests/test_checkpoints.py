@@ -108,3 +108,20 @@ def test_text_encoding_skips_padding_exactly(tiny_model: str, openai_model) -> N
         torch.testing.assert_close(
             encode_tokens(openai_model, tokens), openai_model.encode_text(tokens), atol=1e-5, rtol=0
         )
+
+
+def test_no_random_init_warning_when_a_checkpoint_loads(
+    tiny_model: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.manual_seed(6)
+    path = tmp_path / "weights.pt"
+    torch.save(open_clip.create_model(tiny_model).state_dict(), path)
+    notice = "No pretrained weights loaded"
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        create_from_checkpoint(tiny_model, str(path), None, CPU)
+    assert notice not in caplog.text
+    # Truly random weights still get open_clip's notice: the filter is gone afterwards.
+    with caplog.at_level("WARNING"):
+        open_clip.create_model(tiny_model)
+    assert notice in caplog.text

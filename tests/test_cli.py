@@ -1,6 +1,8 @@
 """`autolabel run` end to end through the CLI, with a tiny random open_clip model."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,13 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from autolabel.cli import main
+from autolabel.cli.options import job_config
+from autolabel.config import RunConfig, TuneConfig
+
+# Libraries that take seconds to import; the CLI imports them only inside the commands.
+HEAVY_MODULES = (
+    "torch", "scipy", "numpy", "PIL", "open_clip", "transformers", "fiftyone", "label_studio_sdk"
+)  # fmt: skip
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -93,6 +102,12 @@ def test_usage_errors_exit_2_without_traceback(
                       capsys)  # fmt: skip
     assert code == 2 and "unknown recipe 'nope'" in text
 
+    # Command-line mistakes are usage errors too, not internal errors.
+    code, text = _run(["run", str(image_folder), "--vocab", str(vocab_file), "--bogus"], capsys)
+    assert code == 2 and "No such option: --bogus" in text and "internal error" not in text
+    code, text = _run(["run", "--vocab", str(vocab_file)], capsys)
+    assert code == 2 and "Missing argument" in text
+
 
 def test_offline_weights_give_one_actionable_message(
     tmp_path: Path, image_folder: Path, vocab_file: Path, monkeypatch, capsys
@@ -146,3 +161,31 @@ def test_version_and_models(capsys) -> None:
     code, text = _run(["models"], capsys)
     assert code == 0
     assert "fast" in text and "car" in text and "pnp" in text and "ViT-B-16" in text
+
+
+def test_help_and_version_import_no_heavy_library() -> None:
+    # A fresh interpreter: this test process has imported torch already.
+    script = (
+        "import sys\n"
+        "from autolabel.cli import main\n"
+        "for args in (['--version'], ['--help'], ['run', '--help'], ['tune', '--help']):\n"
+        "    assert main(args) == 0, args\n"
+        f"loaded = [m for m in {HEAVY_MODULES!r} if m in sys.modules]\n"
+        "sys.exit(f'imported at startup: {loaded}' if loaded else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: autolabel run" in result.stdout and "--clip-model" in result.stdout
+
+
+def test_job_config_from_command_options(tmp_path: Path) -> None:
+    params = {"images": tmp_path, "vocab": tmp_path / "v.txt", "out": tmp_path / "o",
+              "checkpoint": tmp_path / "w.pt", "classifier_checkpoint": None,
+              "background": " sky, ,wall ", "max_side": 640, "debug": True}  # fmt: skip
+    config = job_config(RunConfig, params)
+    assert config.checkpoint == str(tmp_path / "w.pt") and config.classifier_checkpoint is None
+    assert config.background == ["sky", "wall"] and config.max_side == 640
+    json.dumps(config.to_dict())  # run.json stays serialisable
+    tune = job_config(TuneConfig, {**params, "background": "", "clip_checkpoint": tmp_path})
+    assert tune.background is None and tune.clip_checkpoint == str(tmp_path)
+    assert tune.max_side == 640 and tune.budget == 20

@@ -166,3 +166,11 @@ def test_training_is_deterministic_and_its_weights_load_through_open_clip(tmp_pa
     assert torch.equal(trained.model.visual.proj, a["visual.proj"].float())
     shipped = load_clip("toy")
     assert not torch.equal(shipped.model.visual.proj, trained.model.visual.proj)
+
+
+def test_fast_on_the_toy_model_keeps_toy_scenes_at_their_size() -> None:
+    from autolabel.methods.dense import DenseSettings
+
+    assert DenseSettings.from_dict({"model": "toy"}).short_side is None
+    assert DenseSettings.from_dict({"model": "toy", "short_side": 256}).short_side == 256
+    assert DenseSettings.from_dict({"model": "ViT-B-16"}).short_side == 336

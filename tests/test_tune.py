@@ -13,15 +13,15 @@ from PIL import Image
 from test_pnp import save_tiny_blip
 
 from autolabel.cli import main
-from autolabel.config import RunConfig, load_recipe
+from autolabel.config import RunConfig, TuneConfig, load_recipe
 from autolabel.errors import UsageError
 from autolabel.methods.base import SegResult, build_segmenter
 from autolabel.models.clip import load_clip
 from autolabel.tune import (
     ClipReward,
+    RewardSet,
     candidates,
     clip_tags,
-    evaluate_reward,
     load_tags,
     log_path_for,
     random_search,
@@ -129,7 +129,7 @@ def test_clip_reward_and_clip_tags(tiny_model: str) -> None:
     assert clip_tags(clip, [image], vocab, 0.0) == [[0, 1, 2]]
     assert clip_tags(clip, [image], vocab, 1.01) == [[]]
     with pytest.raises(UsageError, match="no image has a tag"):
-        evaluate_reward(None, reward, [image], [[]], vocab)
+        RewardSet(reward, [image], [[]], vocab).score(None)
 
 
 def _probs(clip, image: np.ndarray, text: torch.Tensor, keep: bool) -> torch.Tensor:
@@ -196,7 +196,7 @@ def test_tune_car_searches_its_own_settings(
     tmp_path: Path, image_folder: Path, vocab_file: Path, tiny_model: str
 ) -> None:
     from autolabel.methods.car import CaRSettings
-    from autolabel.tune import CAR_SPACE, TuneConfig, run_tune
+    from autolabel.tune import CAR_SPACE, run_tune
 
     base = tmp_path / "car-base.yaml"
     base.write_text(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
+import typer
 from rich.console import Console
 from rich.markup import escape
 
@@ -33,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Without standalone mode, click returns typer.Exit codes instead of raising them.
         code = app(args=args, prog_name="autolabel", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except typer.TyperException as exc:  # typer's own click: usage errors, bad parameters
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         err_console.print("aborted")
         return 130
     except AutolabelError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,12 +19,15 @@ from rich.progress import (
 from rich.table import Table
 
 from autolabel import __version__
+from autolabel.cli import options as opt
 from autolabel.cli.apps import app
 from autolabel.config import DEFAULT_METHOD, RunConfig, list_recipes
-from autolabel.methods.base import DESCRIPTIONS
-from autolabel.runner import RunSummary, run_job
+
+if TYPE_CHECKING:
+    from autolabel.runner import RunSummary
 
 console = Console(soft_wrap=True)
+DEFAULT_OUT = Path("autolabel-out")
 # Failed, skipped and noted files listed at the end of a run; the rest are in manifest.jsonl.
 SUMMARY_LINES = 50
 
@@ -44,67 +48,37 @@ def root(
 
 
 @app.command()
+@opt.job_options
 def run(
-    images: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
-    vocab: Path = typer.Option(..., "--vocab", "-v", help="Vocabulary file, one class a line."),
-    out: Path = typer.Option(Path("autolabel-out"), "--out", "-o", help="Output folder."),
-    method: str = typer.Option(
-        None, "--method", "-m", help=f"car, pnp or fast [default: {DEFAULT_METHOD}]"
-    ),
-    recipe: str = typer.Option(None, "--recipe", "-r", help="Bundled recipe name or a YAML path."),
-    model: str = typer.Option(None, "--model", help="Backbone name (open_clip / HF), or 'toy'."),
-    pretrained: str = typer.Option(None, "--pretrained", help="Pretrained tag (e.g. openai)."),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="Local weights for --model."),
-    classifier_model: str = typer.Option(
-        None, "--classifier-model", help="CaR: classifier backbone (default ViT-L-14)."
-    ),
-    classifier_pretrained: str = typer.Option(
-        None, "--classifier-pretrained", help="CaR: classifier pretrained tag."
-    ),
-    classifier_checkpoint: Path = typer.Option(
-        None, "--classifier-checkpoint", help="CaR: local weights for the classifier."
-    ),
-    parity: bool = typer.Option(
-        False, "--parity", help="CaR: reproduce the official code's quirks exactly."
-    ),
-    background: str = typer.Option(
-        None, "--background", help="Comma-separated background words (replaces the default list)."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
-    max_side: int = typer.Option(1024, "--max-side", help="Process at most this many pixels."),
-    min_area: int = typer.Option(16, "--min-area", help="Drop instances smaller than this (px)."),
-    previews: bool = typer.Option(False, "--previews", help="Write overlay JPEGs to previews/."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip finished images."),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace a run with other settings in the output folder."
-    ),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    ctx: typer.Context,
+    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
+    method: Annotated[
+        str | None,
+        typer.Option("--method", "-m", help=f"car, pnp or fast (default: {DEFAULT_METHOD})"),
+    ] = None,
+    parity: Annotated[
+        bool, typer.Option("--parity", help="CaR: reproduce the official code's quirks exactly.")
+    ] = False,
+    max_side: opt.MaxSide = 1024,
+    min_area: Annotated[
+        int, typer.Option("--min-area", help="Drop instances smaller than this (px).")
+    ] = 16,
+    previews: Annotated[
+        bool, typer.Option("--previews", help="Write overlay JPEGs to previews/.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Skip finished images.")
+    ] = True,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace a run with other settings in the output folder."),
+    ] = False,
+    debug: opt.Debug = False,
 ) -> None:
     """Segment every image in IMAGES into the vocabulary's classes; write COCO, PNGs, manifest."""
-    config = RunConfig(
-        images=images,
-        vocab=vocab,
-        out=out,
-        method=method,
-        recipe=recipe,
-        model=model,
-        pretrained=pretrained,
-        checkpoint=str(checkpoint) if checkpoint else None,
-        classifier_model=classifier_model,
-        classifier_pretrained=classifier_pretrained,
-        classifier_checkpoint=str(classifier_checkpoint) if classifier_checkpoint else None,
-        parity=parity,
-        background=[w.strip() for w in background.split(",") if w.strip()] if background else None,
-        device=device,
-        batch_size=batch_size,
-        max_side=max_side,
-        min_area=min_area,
-        previews=previews,
-        resume=resume,
-        overwrite=overwrite,
-    )
-    summary = run_with_progress(config)
+    # Every option, the shared ones included, reaches the config by name through ctx.params.
+    summary = run_with_progress(opt.job_config(RunConfig, ctx.params))
     print_summary(summary)
     if summary.failed:
         raise typer.Exit(1)
@@ -112,6 +86,8 @@ def run(
 
 def run_with_progress(config: RunConfig) -> RunSummary:
     """Run a job under a Rich progress bar (images/s and ETA)."""
+    from autolabel.runner import run_job
+
     columns = (
         TextColumn("[bold]labelling"),
         BarColumn(),
@@ -175,6 +151,8 @@ def print_summary(summary: RunSummary) -> None:
 def models() -> None:
     """List methods, bundled recipes and the model names open_clip knows."""
     import open_clip
+
+    from autolabel.methods.base import DESCRIPTIONS
 
     table = Table("method", "what it does", title="methods")
     for name, text in DESCRIPTIONS.items():

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from autolabel.cli import options as opt
 from autolabel.cli.apps import push_app
 from autolabel.errors import UsageError
 
@@ -26,7 +27,7 @@ def push_fiftyone(
     field: Annotated[
         str, typer.Option("--field", help="Field prefix: <field>_instances, <field>_semantic.")
     ] = "autolabel",
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: opt.Debug = False,
 ) -> None:
     """Add the run's images as samples with instance masks, semantic masks and provenance."""
     try:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from autolabel.cli import options as opt
 from autolabel.cli.apps import pull_app, push_app, serve_app
 
 console = Console()
@@ -42,7 +43,7 @@ def push_labelstudio(
         False, "--polygons", help="New projects also get PolygonLabels for reviewers."
     ),
     chunk_mb: float = typer.Option(16.0, "--chunk-mb", help="Largest request body, in MB."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: opt.Debug = False,
 ) -> None:
     """Send a run's masks to Label Studio as tasks with brush pre-annotations (idempotent)."""
     from autolabel.labelstudio.push import iter_summary_lines, push_run
@@ -73,9 +74,9 @@ def pull_labelstudio(
         ..., "--output", "-o", help="COCO file to write (reviewed annotations, RLE)."
     ),
     report: Path = typer.Option(
-        None, "--report", help="Review report JSON [default: OUTPUT with .review.json]."
+        None, "--report", help="Review report JSON (default: OUTPUT with .review.json)."
     ),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: opt.Debug = False,
 ) -> None:
     """Export reviewed annotations to COCO and report how much reviewers changed the masks."""
     from autolabel.labelstudio.pull import pull_project, report_text
@@ -126,7 +127,7 @@ def serve_labelstudio(
         1, "--workers", envvar="AUTOLABEL_WORKERS", help="Predict requests run at once."
     ),
     log_level: str = typer.Option("INFO", "--log-level", envvar="LOG_LEVEL"),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: opt.Debug = False,
 ) -> None:
     """Serve autolabel as a Label Studio ML backend (model loaded once, at start)."""
     from autolabel.backend.app import BackendServer, ServerLimits

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autolabel.cli.apps import app, toyworld_app
-from autolabel.toyworld.scenes import DEFAULT_SIZE
+from autolabel.toyworld import DEFAULT_SIZE
 
 console = Console(soft_wrap=True)
 DEMO_SCENES = 6
@@ -40,7 +40,7 @@ def generate(
 def train(
     out: Path = typer.Argument(..., help="Folder for toy.json and toy.pt."),
     seed: int = typer.Option(0, "--seed", help="Seed for scenes, initialisation and batches."),
-    steps: int = typer.Option(None, "--steps", help="Optimiser steps [default: as shipped]."),
+    steps: int = typer.Option(None, "--steps", help="Optimiser steps (default: as shipped)."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
@@ -64,7 +64,7 @@ def train(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("autolabel-demo"), "--out", "-o", help="Output folder."),
-    method: str = typer.Option(None, "--method", "-m", help="car, fast or pnp [default: car]."),
+    method: str = typer.Option(None, "--method", "-m", help="car, fast or pnp (default: car)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Label a few toy scenes with the bundled toy model, offline, and score them."""

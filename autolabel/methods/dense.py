@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from autolabel.methods.base import SegResult
-from autolabel.models.clip import ClipModel, load_clip
+from autolabel.models.clip import TOY_NAME, ClipModel, load_clip
 from autolabel.models.vit_dense import last_block_input, naclip_patches
 from autolabel.vocab import Vocabulary
 
@@ -58,7 +58,12 @@ class DenseSettings:
         unknown = set(settings) - known - ignored
         if unknown:
             raise UsageError(f"method fast: unknown setting(s) {', '.join(sorted(unknown))}")
-        return cls(**{k: v for k, v in settings.items() if k in known})
+        values = {k: v for k, v in settings.items() if k in known}
+        if values.get("model") == TOY_NAME:
+            # The toy model reads toy scenes at its own 128 px input size; the real-photo default
+            # (short side to 336 px) cut its mIoU on 24 toy scenes from 0.86 to 0.33.
+            values.setdefault("short_side", None)
+        return cls(**values)
 
 
 class DenseCLIPSegmenter:

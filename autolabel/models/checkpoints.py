@@ -11,6 +11,7 @@ QuickGELU, and everything else follows the named open_clip config.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import warnings
 import zipfile
@@ -94,6 +95,13 @@ def looks_openai(state: dict[str, torch.Tensor], scripted: bool) -> bool:
     return False
 
 
+class _RandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded" warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def create_from_checkpoint(
     name: str, checkpoint: str, pretrained: str | None, device: torch.device
 ) -> torch.nn.Module:
@@ -107,10 +115,16 @@ def create_from_checkpoint(
         raise ModelLoadError(f"--checkpoint {checkpoint}: cannot read it ({exc})") from exc
     openai = looks_openai(state, scripted)
     quick_gelu = wants_quick_gelu(name, pretrained) if pretrained else openai
+    # open_clip announces "initialized randomly" here; the weights load right below, so the
+    # notice would mislead every --checkpoint (and --model toy) user.
+    notice = _RandomInitNotice()
+    logging.getLogger().addFilter(notice)
     try:
         model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
     except RuntimeError as exc:
         raise ModelLoadError(f"model {name!r}: cannot build it ({exc})") from exc
+    finally:
+        logging.getLogger().removeFilter(notice)
     try:
         if openai:
             # A scripted model also saves buffers that open_clip keeps out of its state dict.

@@ -4,3 +4,6 @@ scenes.py generates scenes, export.py writes them as a dataset folder, train.py 
 toy model (shipped as autolabel/assets/toy/), readout.py and quality.py score it and the
 methods that run on it.
 """
+
+# The toy model's input size and the default scene size (here so the CLI reads it without numpy).
+DEFAULT_SIZE = 128

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from autolabel.toyworld import DEFAULT_SIZE
+
 # Vivid class colours (RGB); backgrounds stay desaturated so that colour names stay meaningful.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 35),
@@ -26,7 +28,6 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 CLASSES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
 # Words the toy model was trained to read as "not an object".
 BACKGROUND_WORDS: tuple[str, ...] = ("background", "texture", "noise", "pattern", "surface")
-DEFAULT_SIZE = 128
 MAX_OBJECTS = 4
 # Object radius as a fraction of the scene side; shapes with less area per radius get a boost so
 # that all classes cover similar areas on average.

@@ -26,21 +26,28 @@ from autolabel.vocab import DEFAULT_BACKGROUND, Vocabulary, parse_vocabulary
 # Views larger than this default to delegated execution (`fiftyone delegated launch`), since
 # segmenting hundreds of images would hold the App's request for minutes.
 DELEGATE_ABOVE = 50
+DEFAULT_FIELD = "autolabel"
 VOCAB_HELP = (
     "One class per line; synonyms after a colon: `dog: puppy, hound`. "
     "`!background: sky, wall` replaces the background words."
 )
 
 
-class Segment(foo.Operator):
-    """Segment the target view's images into a vocabulary's classes."""
+class _Operator(foo.Operator):
+    """What both operators share: their config, the end of their form and delegation.
+
+    They run as generators, in the App or delegated; their forms end with the method and
+    delegation inputs; they delegate by default above DELEGATE_ABOVE images to segment.
+    """
+
+    NAME = LABEL = DESCRIPTION = ACTION = ""  # set by each operator
 
     @property
     def config(self) -> foo.OperatorConfig:
         return foo.OperatorConfig(
-            name="segment",
-            label="autolabel: segment",
-            description="Training-free instance and semantic masks from a vocabulary",
+            name=self.NAME,
+            label=self.LABEL,
+            description=self.DESCRIPTION,
             dynamic=True,
             execute_as_generator=True,
             allow_immediate_execution=True,
@@ -49,33 +56,57 @@ class Segment(foo.Operator):
 
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
-        inputs.view_target(ctx, action_description="Segment")
-        vocab_prop = inputs.str(
-            "vocabulary",
-            required=True,
-            label="Vocabulary",
-            description=VOCAB_HELP,
-            view=types.TextFieldView(multiline=True, rows=5),
+        inputs.view_target(ctx, action_description=self.ACTION)
+        self.own_inputs(ctx, inputs)
+        _method_inputs(ctx, inputs)
+        _delegate_input(inputs, self.to_segment(ctx))
+        return types.Property(inputs, view=types.View(label=self.LABEL))
+
+    def resolve_delegation(self, ctx: Any) -> bool:
+        choice = ctx.params.get("delegate")
+        return bool(choice) if choice is not None else self.to_segment(ctx) > DELEGATE_ABOVE
+
+    def own_inputs(self, ctx: Any, inputs: types.Object) -> None:
+        """The operator's own form fields, before the shared ones."""
+        raise NotImplementedError
+
+    def to_segment(self, ctx: Any) -> int:
+        """How many samples the operator would segment with the form's current values."""
+        raise NotImplementedError
+
+
+class Segment(_Operator):
+    """Segment the target view's images into a vocabulary's classes."""
+
+    NAME = "segment"
+    LABEL = "autolabel: segment"
+    DESCRIPTION = "Training-free instance and semantic masks from a vocabulary"
+    ACTION = "Segment"
+
+    def own_inputs(self, ctx: Any, inputs: types.Object) -> None:
+        _vocabulary_input(ctx, inputs, "Vocabulary", VOCAB_HELP, rows=5, required=True)
+        _field_input(
+            ctx,
+            inputs,
+            "Output field",
+            "Writes <field>_instances (Detections) and <field>_semantic",
         )
-        _check(vocab_prop, lambda: _optional_vocabulary(ctx.params))
-        field_prop = inputs.str(
-            "field",
-            default="autolabel",
-            label="Output field",
-            description="Writes <field>_instances (Detections) and <field>_semantic",
-        )
-        _check(field_prop, lambda: field_names(ctx.params.get("field") or "autolabel"))
         inputs.bool(
             "overwrite",
             default=False,
             label="Re-segment samples that already have the field",
         )
-        _method_inputs(ctx, inputs)
-        _delegate_input(inputs, _todo(ctx))
-        return types.Property(inputs, view=types.View(label="autolabel: segment"))
 
-    def resolve_delegation(self, ctx: Any) -> bool:
-        return _delegate(ctx, _todo(ctx))
+    def to_segment(self, ctx: Any) -> int:
+        """Samples without the output field; all of them with overwrite."""
+        target = ctx.target_view()
+        if ctx.params.get("overwrite"):
+            return len(target)
+        try:
+            instances_field, _ = field_names(_prefix(ctx.params))
+        except UsageError:
+            return len(target)
+        return len(target.exists(instances_field, False))
 
     def execute(self, ctx: Any) -> Iterator[Any]:
         params = ctx.params
@@ -83,31 +114,22 @@ class Segment(foo.Operator):
             ctx,
             ctx.target_view(),
             _vocabulary(params),
-            params.get("field") or "autolabel",
+            _prefix(params),
             overwrite=bool(params.get("overwrite")),
         )
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
 
 
-class FindLabelMistakes(foo.Operator):
+class FindLabelMistakes(_Operator):
     """Rank samples by how much a reviewed field disagrees with autolabel's semantic masks."""
 
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return foo.OperatorConfig(
-            name="find_label_mistakes",
-            label="autolabel: find label mistakes",
-            description="Score reviewed labels against training-free masks; sort by likely error",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-        )
+    NAME = "find_label_mistakes"
+    LABEL = "autolabel: find label mistakes"
+    DESCRIPTION = "Score reviewed labels against training-free masks; sort by likely error"
+    ACTION = "Score"
 
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        inputs.view_target(ctx, action_description="Score")
+    def own_inputs(self, ctx: Any, inputs: types.Object) -> None:
         choices = types.DropdownView()
         for name in _reviewable_fields(ctx):
             choices.add_choice(name, label=name)
@@ -119,38 +141,39 @@ class FindLabelMistakes(foo.Operator):
             description="Ground truth to audit: Detections with masks, Polylines or Segmentation",
             view=choices,
         )
-        field_prop = inputs.str(
-            "field",
-            default="autolabel",
-            label="autolabel field",
-            description="Compares with <field>_semantic; images without it are segmented first",
+        _field_input(
+            ctx,
+            inputs,
+            "autolabel field",
+            "Compares with <field>_semantic; images without it are segmented first",
         )
-        _check(field_prop, lambda: field_names(ctx.params.get("field") or "autolabel"))
         inputs.str(
             "score_field",
             default="autolabel_disagreement",
             label="Score field",
             description="Per-sample score in [0, 1] (1 - mean class IoU) and <score>_classes",
         )
-        vocab_prop = inputs.str(
-            "vocabulary",
-            label="Vocabulary for missing predictions",
-            description="Empty: the reviewed field's class names. " + VOCAB_HELP,
-            view=types.TextFieldView(multiline=True, rows=3),
+        _vocabulary_input(
+            ctx,
+            inputs,
+            "Vocabulary for missing predictions",
+            "Empty: the reviewed field's class names. " + VOCAB_HELP,
+            rows=3,
         )
-        _check(vocab_prop, lambda: _optional_vocabulary(ctx.params))
-        _method_inputs(ctx, inputs)
-        _delegate_input(inputs, _missing(ctx))
-        return types.Property(inputs, view=types.View(label="autolabel: find label mistakes"))
 
-    def resolve_delegation(self, ctx: Any) -> bool:
-        return _delegate(ctx, _missing(ctx))
+    def to_segment(self, ctx: Any) -> int:
+        """Samples without predictions, segmented before scoring."""
+        try:
+            _, semantic_field = field_names(_prefix(ctx.params))
+        except UsageError:
+            return 0
+        return len(ctx.target_view().exists(semantic_field, False))
 
     def execute(self, ctx: Any) -> Iterator[Any]:
         params = ctx.params
         target = ctx.target_view()
         reviewed = params["reviewed_field"]
-        prefix = params.get("field") or "autolabel"
+        prefix = _prefix(params)
         _, semantic_field = field_names(prefix)
         missing = target.exists(semantic_field, False)
         if len(missing):
@@ -166,6 +189,29 @@ class FindLabelMistakes(foo.Operator):
                 f"scored {summary.scored} samples ({summary.skipped} lack a field); "
                 f"sorted by {score_field}, likely mistakes first"
             )
+
+
+def _vocabulary_input(
+    ctx: Any, inputs: types.Object, label: str, description: str, rows: int, required: bool = False
+) -> None:
+    prop = inputs.str(
+        "vocabulary",
+        required=required,
+        label=label,
+        description=description,
+        view=types.TextFieldView(multiline=True, rows=rows),
+    )
+    _check(prop, lambda: _optional_vocabulary(ctx.params))
+
+
+def _field_input(ctx: Any, inputs: types.Object, label: str, description: str) -> None:
+    """The <field> prefix input, checked as the operator will use it."""
+    prop = inputs.str("field", default=DEFAULT_FIELD, label=label, description=description)
+    _check(prop, lambda: field_names(_prefix(ctx.params)))
+
+
+def _prefix(params: dict[str, Any]) -> str:
+    return params.get("field") or DEFAULT_FIELD
 
 
 def _run_segment(
@@ -264,33 +310,6 @@ def _check(prop: Any, parse: Any) -> None:
     except UsageError as exc:
         prop.invalid = True
         prop.error_message = str(exc)
-
-
-def _todo(ctx: Any) -> int:
-    """Samples the segment operator would process."""
-    target = ctx.target_view()
-    if ctx.params.get("overwrite"):
-        return len(target)
-    try:
-        instances_field, _ = field_names(ctx.params.get("field") or "autolabel")
-    except UsageError:
-        return len(target)
-    return len(target.exists(instances_field, False))
-
-
-def _missing(ctx: Any) -> int:
-    """Samples the mistakes operator must segment before scoring."""
-    try:
-        _, semantic_field = field_names(ctx.params.get("field") or "autolabel")
-    except UsageError:
-        return 0
-    return len(ctx.target_view().exists(semantic_field, False))
-
-
-def _delegate(ctx: Any, count: int) -> bool:
-    """The form's choice, else delegate when there are many images to segment."""
-    choice = ctx.params.get("delegate")
-    return bool(choice) if choice is not None else count > DELEGATE_ABOVE
 
 
 def _delegate_input(inputs: types.Object, count: int) -> None:
