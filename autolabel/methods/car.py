@@ -86,7 +86,7 @@ class CaRSettings:
     # model whose attention is no affinity (the toy model) can use the Grad-CAMs as they are.
     refine_cams: bool = True
     # The official classifier skips its last block (θ is calibrated to that); a model whose
-    # penultimate features are not aligned with text (the toy model) can use every block.
+    # penultimate features are not aligned with text can use every block.
     classifier_skip_last: bool = True
     visual_prompts: list[str] = field(default_factory=lambda: ["circle", "blur"])
     templates: list[str] = field(default_factory=lambda: list(SEMANTIC_TEMPLATES))
