@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,7 +12,17 @@ import yaml
 
 from autolabel.errors import UsageError
 
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+def _recipes_dir() -> Path:
+    """The bundled recipes: package autolabel.recipes, mapped from the repository's recipes/."""
+    spec = importlib.util.find_spec("autolabel.recipes")
+    found = [Path(p) for p in (spec.submodule_search_locations or ())] if spec else []
+    # From a source tree or an editable install the data-only package is not importable.
+    folders = [p for p in found if p.is_dir()] or [Path(__file__).resolve().parents[1] / "recipes"]
+    return folders[0]
+
+
+RECIPES_DIR = _recipes_dir()
 DEFAULT_METHOD = "car"
 RECIPE_KEYS = {"method", "model", "pretrained", "background", "settings", "description"}
 # CLI/model options that reach a method as settings keys (None = not given, method default wins).
@@ -88,7 +99,7 @@ def load_recipe(name_or_path: str) -> Recipe:
 
 def save_recipe(recipe: Recipe, path: Path) -> None:
     """Write a recipe YAML that load_recipe reads back (atomically)."""
-    from autolabel.writers.atomic import atomic_write_text
+    from autolabel.io.atomic import atomic_write_text
 
     data: dict[str, Any] = {"method": recipe.method}
     if recipe.description:
@@ -100,31 +111,53 @@ def save_recipe(recipe: Recipe, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
+def bundled_recipe_for(method: str, model: str | None) -> str | None:
+    """The bundled recipe that a bundled model brings for a method (the toy model has one for
+    each method it can run), or None."""
+    if model is None:
+        return None
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        if recipe.model == model and recipe.method == method:
+            return name
+    return None
+
+
 def resolve_method(
     method: str | None = None,
     recipe: str | None = None,
     *,
     parity: bool = False,
     background: list[str] | None = None,
+    settings: dict[str, Any] | None = None,
     **models: str | None,
 ) -> ResolvedRun:
-    """Merge a recipe and explicit options (options win) into a method and its settings.
+    """Merge a recipe, settings and explicit options (options win, then settings) into a method
+    and its settings.
 
     `models` takes the MODEL_KEYS (model, pretrained, checkpoint, classifier_*); None = not given.
-    Every entry point (run, tune, the Label Studio backend, the FiftyOne plugin) resolves here.
+    Without a recipe, a model that ships its own recipe for the method (the toy model) uses it.
+    Every entry point (the Python API, run, tune, the Label Studio backend, the FiftyOne plugin)
+    resolves here. Settings are merged, not validated: methods.base.validate_settings does that.
     """
     unknown = set(models) - set(MODEL_KEYS)
     if unknown:
         raise TypeError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+    if settings is not None and not isinstance(settings, dict):
+        raise UsageError("settings must be a mapping of setting names to values")
+    if recipe is None:
+        recipe = bundled_recipe_for(method or DEFAULT_METHOD, models.get("model"))
     loaded = load_recipe(recipe) if recipe else None
     chosen = method or (loaded.method if loaded else None) or DEFAULT_METHOD
     if loaded and loaded.method and method and loaded.method != method:
         raise UsageError(f"recipe {loaded.name!r} is for method {loaded.method!r}, not {method!r}")
-    settings: dict[str, Any] = dict(loaded.settings) if loaded else {}
+    merged: dict[str, Any] = dict(loaded.settings) if loaded else {}
     if loaded:
         for key in ("model", "pretrained"):
             if getattr(loaded, key) is not None:
-                settings[key] = getattr(loaded, key)
+                merged[key] = getattr(loaded, key)
+    merged.update(settings or {})
+    settings = merged
     given = {key: str(value) for key, value in models.items() if value is not None}
     settings.update(given)
     # A local checkpoint replaces the recipe's pretrained tag for the same backbone.
@@ -134,9 +167,12 @@ def resolve_method(
         settings.pop("classifier_pretrained", None)
     if parity:
         settings["parity"] = True
+    user_background = background is not None
     if background is None and loaded is not None:
         background = loaded.background
-    return ResolvedRun(chosen, loaded.name if loaded else None, settings, background)
+    return ResolvedRun(
+        chosen, loaded.name if loaded else None, settings, background, user_background
+    )
 
 
 @dataclass
@@ -144,7 +180,7 @@ class JobConfig:
     """What `autolabel run` and `autolabel tune` share: the inputs, the method and its models."""
 
     images: Path
-    vocab: Path
+    vocab: Path | None  # None: the Python API got the vocabulary as data, not as a file
     out: Path
     method: str | None = None  # None: the recipe's method, else DEFAULT_METHOD
     recipe: str | None = None
@@ -180,7 +216,6 @@ class RunConfig(JobConfig):
     previews: bool = False
     resume: bool = True
     overwrite: bool = False
-    progress: bool = True
 
     def resolve(self) -> ResolvedRun:
         """Check --min-area too, then resolve as JobConfig does."""
@@ -192,7 +227,7 @@ class RunConfig(JobConfig):
         """JSON-ready copy for run.json."""
         data = asdict(self)
         for key in ("images", "vocab", "out"):
-            data[key] = os.fspath(data[key])
+            data[key] = None if data[key] is None else os.fspath(data[key])
         return data
 
 
@@ -223,3 +258,4 @@ class ResolvedRun:
     recipe: str | None
     settings: dict[str, Any]
     background: list[str] | None
+    background_user: bool = False  # written by the user (--background), not by a recipe

@@ -1,4 +1,6 @@
-"""Exceptions that the CLI turns into clear messages instead of tracebacks."""
+"""Every error autolabel raises, under one base; the CLI turns them into clear messages."""
+
+from __future__ import annotations
 
 
 class AutolabelError(Exception):
@@ -6,8 +8,30 @@ class AutolabelError(Exception):
 
 
 class UsageError(AutolabelError):
-    """Bad options, vocabulary, recipe or output folder (CLI exit code 2)."""
+    """Bad options, vocabulary, recipe, settings or output folder (CLI exit code 2)."""
 
 
 class ModelLoadError(AutolabelError):
     """Weights or model configs could not be loaded (offline, bad checkpoint, unknown name)."""
+
+
+class MediaError(AutolabelError):
+    """An image a platform asked about could not be fetched (URL, size, permissions)."""
+
+
+class ImageError(AutolabelError):
+    """One image could not be labelled; a run records it and goes on with the others.
+
+    stage: where it failed: "load" (unreadable, corrupt, too large), "segment" (the method
+    raised), "post" (instances could not be made) or "write" (outputs could not be written).
+    """
+
+    STAGES = ("load", "segment", "post", "write")
+
+    def __init__(self, file: str, reason: str, stage: str = "load") -> None:
+        if stage not in self.STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        super().__init__(f"{file}: {reason}")
+        self.file = file
+        self.reason = reason
+        self.stage = stage

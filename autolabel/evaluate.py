@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from autolabel.errors import UsageError
-from autolabel.resize import resize_labels
-from autolabel.writers.png import read_label_png
+from autolabel.io.png import read_label_png
+from autolabel.io.resize import resize_labels
 
 
 @dataclass

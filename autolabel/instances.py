@@ -1,8 +1,16 @@
-"""Label maps become instances here, and only here: components, RLE, bbox, area, score."""
+"""Label maps become instances here, and only here; `Instances` is what every writer and sink takes.
+
+One image's result travels as an `Instances` container (image size, class names, items) from the
+pipeline to the COCO writer, the PNG writer, Label Studio and FiftyOne, as `supervision.Detections`
+does in its library: converters live at the edges (to_coco, from_coco, label_map).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -18,9 +26,11 @@ class Instance:
     area: int
     bbox: list[float]  # [x, y, w, h]
     score: float  # mean class probability inside the region, in [0, 1]
+    name: str = ""  # the class's display name, when the instance belongs to an Instances
 
+    @cached_property
     def mask(self) -> np.ndarray:
-        """Decode to an H x W bool array."""
+        """The region as an H x W bool array (decoded once)."""
         return decode_rle(self.rle)
 
     def to_dict(self) -> dict:
@@ -34,7 +44,7 @@ class Instance:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> Instance:
+    def from_dict(cls, data: dict, name: str = "") -> Instance:
         """Inverse of to_dict; also accepts a COCO annotation."""
         return cls(
             int(data["category_id"]),
@@ -42,7 +52,98 @@ class Instance:
             int(data["area"]),
             [float(v) for v in data["bbox"]],
             float(data.get("score", 1.0)),
+            name,
         )
+
+    @classmethod
+    def from_mask(cls, category_id: int, mask: np.ndarray, score: float = 1.0) -> Instance:
+        """An instance from an H x W bool mask (RLE, area and bbox computed here)."""
+        rle = encode_rle(mask)
+        return cls(int(category_id), rle, int(mask.sum()), rle_bbox(rle), float(score))
+
+
+@dataclass
+class Instances:
+    """One image's labelling: its size, the vocabulary's class names and the instances.
+
+    Category id k names `names[k - 1]`; iterating yields the instances; `label_map` is the
+    semantic map (0 = background) that the PNG writer stores and the CLI's run writes.
+    """
+
+    size: tuple[int, int]  # (height, width) of the upright image
+    names: list[str]
+    items: list[Instance] = field(default_factory=list)
+    scores: np.ndarray | None = None  # (K,) image-level presence per class, when the method has it
+
+    def __post_init__(self) -> None:
+        for inst in self.items:
+            if not 1 <= inst.category_id <= len(self.names):
+                raise ValueError(f"category id {inst.category_id} outside 1..{len(self.names)}")
+            inst.name = self.names[inst.category_id - 1]
+
+    def __iter__(self) -> Iterator[Instance]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Instance:
+        return self.items[index]
+
+    @property
+    def label_map(self) -> np.ndarray:
+        """H x W class ids, 0 = background (uint8 up to 255 classes, else uint16)."""
+        labels = semantic_from_instances(self.items, self.size)
+        return labels.astype(np.uint8) if len(self.names) < 256 else labels
+
+    def to_coco(self, image_id: int, first_id: int = 1) -> list[dict[str, Any]]:
+        """COCO annotation dicts (ids from first_id), exactly as `autolabel run` writes them."""
+        return [
+            coco_annotation(inst.to_dict(), first_id + i, image_id)
+            for i, inst in enumerate(self.items)
+        ]
+
+    @classmethod
+    def from_label_map(
+        cls,
+        labels: np.ndarray,
+        names: Sequence[str],
+        size: tuple[int, int] | None = None,
+        probs: np.ndarray | None = None,
+        min_area: int = 0,
+        scores: np.ndarray | None = None,
+    ) -> Instances:
+        """Split a label map (at any working size) into connected components at `size`."""
+        out_size = tuple(labels.shape) if size is None else size
+        items = instances_from_labels(labels, probs, out_size, min_area)
+        return cls(out_size, list(names), items, scores)
+
+    @classmethod
+    def from_coco(
+        cls, annotations: Sequence[dict], size: tuple[int, int], names: Sequence[str]
+    ) -> Instances:
+        """The instances of one image from its COCO annotations (RLE or polygons)."""
+        items = []
+        for ann in annotations:
+            seg = ann["segmentation"]
+            if not isinstance(seg, dict):  # polygons: rasterise once into RLE
+                seg = _polygons_rle(seg, size)
+            items.append(Instance.from_dict({**ann, "segmentation": seg}))
+        return cls(tuple(size), list(names), items)
+
+
+def coco_annotation(instance: dict[str, Any], ann_id: int, image_id: int) -> dict[str, Any]:
+    """A COCO annotation from an instance's to_dict(): the one place the fields are laid out."""
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": instance["category_id"],
+        "segmentation": instance["segmentation"],
+        "area": instance["area"],
+        "bbox": instance["bbox"],
+        "iscrowd": 0,
+        "score": round(float(instance["score"]), 6),
+    }
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -101,18 +202,37 @@ def instances_from_labels(
             full[r0:r1, c0:c1] = crop
             score = 1.0 if probs is None else float(probs[cls][box][region].mean())
             rle = encode_rle(full)
-            bbox = [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))]
-            instances.append(Instance(int(cls), rle, area, bbox, min(max(score, 0.0), 1.0)))
+            instances.append(
+                Instance(int(cls), rle, area, rle_bbox(rle), min(max(score, 0.0), 1.0))
+            )
     return instances
 
 
-def _bytes_rle(rle: dict) -> dict:
-    return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+def rle_bbox(rle: dict) -> list[float]:
+    """[x, y, w, h] of a compressed RLE with a str `counts`."""
+    raw = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    return [float(v) for v in mask_utils.toBbox(raw)]
+
+
+def _polygons_rle(polygons: list, size: tuple[int, int]) -> dict:
+    merged = mask_utils.merge(mask_utils.frPyObjects(polygons, *size))
+    return {"size": list(size), "counts": merged["counts"].decode("ascii")}
 
 
 def semantic_from_instances(instances: list[Instance], size: tuple[int, int]) -> np.ndarray:
     """Paint instances into an H x W uint16 label map (later instances win on overlap)."""
     labels = np.zeros(size, dtype=np.uint16)
     for inst in instances:
-        labels[inst.mask()] = inst.category_id
+        labels[inst.mask] = inst.category_id
     return labels
+
+
+def class_ious(reference: np.ndarray, other: np.ndarray) -> dict[int, float]:
+    """IoU per class id present in either label map (0 = background is skipped)."""
+    ious: dict[int, float] = {}
+    for cls in np.union1d(np.unique(reference), np.unique(other)):
+        if cls == 0:
+            continue
+        a, b = reference == cls, other == cls
+        ious[int(cls)] = float((a & b).sum() / (a | b).sum())
+    return ious

@@ -4,40 +4,32 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
-import platform
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from autolabel import __version__
 from autolabel.config import RunConfig
-from autolabel.errors import AutolabelError, UsageError
-from autolabel.images import ImageEntry, LoadedImage, LoadError, load_image, scan_images
-from autolabel.instances import Instance, instances_from_labels, semantic_from_instances
-from autolabel.methods.base import Segmenter, SegResult, build_segmenter
-from autolabel.resize import fit_max_side
-from autolabel.store import OUTPUT_NAMES, RunStore
-from autolabel.vocab import Vocabulary, load_vocabulary
-from autolabel.writers.atomic import atomic_open, atomic_write_json
-from autolabel.writers.coco import write_coco
-from autolabel.writers.png import write_label_png, write_preview
+from autolabel.errors import AutolabelError, ImageError, UsageError
+from autolabel.instances import Instances
+from autolabel.io.atomic import atomic_open, atomic_write_json
+from autolabel.io.coco import write_coco
+from autolabel.io.images import ImageEntry, LoadedImage, load_image, scan_images
+from autolabel.io.png import write_label_png, write_preview
+from autolabel.io.run_folder import OUTPUT_NAMES, mask_name, preview_name
+from autolabel.io.store import RunStore
+from autolabel.pipeline import MAX_ASPECT, is_extreme_aspect
+from autolabel.provenance import package_versions
+from autolabel.vocab import Vocabulary
 
-VERSIONED_PACKAGES = ("torch", "open_clip_torch", "numpy", "pillow", "pycocotools", "transformers")
-# Images longer than this ratio are padded before segmentation: methods scale the short side to
-# a fixed size, so a 1000:1 strip would otherwise cost (and allocate) like 1000 square images.
-MAX_ASPECT = 8
-# CLIP's mean colour: padding that normalises to about zero, i.e. no signal for the model.
-PAD_COLOUR = (123, 117, 104)
+if TYPE_CHECKING:
+    from autolabel.api import Labeler
+
 # Write errors that will hit every following image too: stop (resumable) instead of failing all.
 FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -52,6 +44,7 @@ class RunSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)  # labelled, with a caveat
+    warnings: list[str] = field(default_factory=list)  # about the whole run, each said once
     resumed: int = 0
     per_class: Counter = field(default_factory=Counter)
     images_written: int = 0
@@ -59,78 +52,82 @@ class RunSummary:
     seconds: float = 0.0
 
 
-def prepare_output(out: Path) -> None:
-    """Create the output folder and prove it is writable, before any model is loaded."""
+def check_output(out: Path) -> None:
+    """Refuse an output folder that cannot be written, without creating anything."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"output folder {out}: a file of that name exists")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"output folder {out}: not writable ({existing} is not a folder)")
+    # Effective ids: a setuid or seteuid process is judged as the user it acts for.
+    effective = os.access in os.supports_effective_ids
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=effective):
+        raise UsageError(f"output folder {out}: not writable (Permission denied)")
+
+
+def prepare_output(out: Path) -> None:
+    """Create the output folder (once the run is known to be able to start)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
     except OSError as exc:
-        raise UsageError(f"output folder {out}: not writable ({exc.strerror or exc})") from exc
+        raise UsageError(f"output folder {out}: cannot create it ({exc.strerror or exc})") from exc
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape the outputs, for run.json."""
-    versions = {"autolabel": __version__, "python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = None) -> RunSummary:
+    """Run a labelling job end to end; nothing is written until the run is known to start.
 
-
-def run_job(
-    config: RunConfig, segmenter: Segmenter | None = None, progress: Any = None
-) -> RunSummary:
-    """Run a labelling job end to end; every usage problem is raised before a model loads.
-
-    `segmenter` lets a caller that already holds a loaded method (a server, a plugin) reuse it;
-    `progress` is an optional callback(advance: int, total: int, done: int).
+    Options, settings, vocabulary, device and output folder are checked, and (when any image
+    needs labelling) the models loaded, before the output folder is touched. `labeler` lets a
+    caller that already holds one (the Python API, a server) reuse its loaded models; `progress`
+    is an optional callback(advance: int, total: int, done: int).
     """
+    from autolabel.api import Labeler
+
     started = time.perf_counter()
+    if config.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if labeler is None:
+        labeler = Labeler.from_config(config, lazy=True)
     if not config.images.is_dir():
         raise UsageError(f"{config.images}: not a folder of images")
-    resolved = config.resolve()
-    vocab = load_vocabulary(config.vocab, resolved.background)
-    prepare_output(config.out)
+    vocab = labeler.vocabulary
+    check_output(config.out)
     # The output folder (or, when it is the input folder itself, what a run writes there).
     exclude = [config.out, *(config.out / name for name in OUTPUT_NAMES)]
     entries, skipped = scan_images(config.images, exclude=exclude)
-    identity = {
-        "vocabulary": vocab.fingerprint(),
-        "method": resolved.method,
-        "recipe": resolved.recipe,
-        "settings": resolved.settings,
-        "max_side": config.max_side,
-        "min_area": config.min_area,
-    }
+    identity = labeler.identity()
     store = RunStore(config.out)
+    finished = store.check(identity, resume=config.resume, overwrite=config.overwrite)
+    todo = [e for e in entries if not _is_finished(e, finished.get(e.rel), config)]
+    if todo:
+        labeler.load()  # offline weights, a bad checkpoint: fail here, with nothing written
+    prepare_output(config.out)
     finished = store.open(identity, resume=config.resume, overwrite=config.overwrite)
     try:
         summary = RunSummary(config.out, found=len(entries), skipped=skipped)
         todo = [e for e in entries if not _is_finished(e, finished.get(e.rel), config)]
         del finished
         summary.resumed = len(entries) - len(todo)
-        if todo and segmenter is None:
-            segmenter = build_segmenter(resolved.method, resolved.settings, config.device)
-        models = segmenter.describe() if segmenter is not None else _previous_models(config.out)
+        if vocab.background_note():
+            summary.warnings.append(vocab.background_note())
+        described = labeler.describe()
+        models = described["models"] if labeler.loaded else _previous_models(config.out)
         run_info = {
             "autolabel_version": __version__,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "images_root": os.fspath(config.images.resolve()),
             "config": config.to_dict(),
-            "method": resolved.method,
-            "recipe": resolved.recipe,
-            "settings": resolved.settings,
+            "method": labeler.method,
+            "recipe": labeler.recipe,
+            "settings": labeler.settings,
             "vocabulary": vocab.to_dict(),
             "models": models,
             "versions": package_versions(),
         }
         atomic_write_json(config.out / "run.json", run_info)
-        for record in _process(todo, segmenter, vocab, config):
+        for record in _process(todo, labeler, config, summary):
             store.append(record)
             if progress is not None:
                 progress(1, len(entries), summary.resumed)
@@ -154,20 +151,12 @@ def _stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _mask_name(entry: ImageEntry) -> str:
-    return f"masks/{entry.key}.png"
-
-
-def _preview_name(mask: str) -> str:
-    return f"previews/{mask[len('masks/') : -len('.png')]}.jpg"
-
-
 def _is_finished(entry: ImageEntry, record: dict[str, Any] | None, config: RunConfig) -> bool:
     """An ok record of this very file whose outputs are where this run would put them."""
-    mask = _mask_name(entry)
+    mask = mask_name(entry.key)
     if record is None or record.get("mask") != mask or not (config.out / mask).is_file():
         return False
-    if config.previews and not (config.out / _preview_name(mask)).is_file():
+    if config.previews and not (config.out / preview_name(mask)).is_file():
         return False
     try:
         return record.get("stamp") == _stamp(entry.path)
@@ -183,7 +172,7 @@ def _previous_models(out: Path) -> dict[str, Any]:
 
 
 def _process(
-    todo: list[ImageEntry], segmenter: Segmenter | None, vocab: Vocabulary, config: RunConfig
+    todo: list[ImageEntry], labeler: Labeler, config: RunConfig, summary: RunSummary
 ) -> Iterator[dict[str, Any]]:
     """Yield one finished record per entry, in order, decoding one batch at a time."""
     for start in range(0, len(todo), config.batch_size):
@@ -197,21 +186,20 @@ def _process(
                 stamps[entry.rel] = None  # load_image reports why
         loaded = [load_image(e) for e in batch]
         good = [im for im in loaded if isinstance(im, LoadedImage)]
-        results = (
-            label_loaded(segmenter, good, vocab, config.max_side, config.min_area) if good else {}
-        )
+        results = labeler.label_loaded(good) if good else {}
         per_image = (time.perf_counter() - t0) / max(len(batch), 1)
         for item in loaded:
             stamp = stamps[item.entry.rel]
-            if isinstance(item, LoadError):
-                yield _failed(item.entry, item.reason, per_image, stamp, config.out)
+            outcome = item if isinstance(item, ImageError) else results[item.entry.rel]
+            size = None if isinstance(item, ImageError) else item.size
+            if isinstance(outcome, ImageError):
+                yield _failed(item.entry, outcome.reason, per_image, stamp, config.out, size)
                 continue
-            outcome = results[item.entry.rel]
-            if isinstance(outcome, str):
-                yield _failed(item.entry, outcome, per_image, stamp, config.out, item.size)
-                continue
+            note = labeler.domain_note(item.size)
+            if note:
+                summary.warnings.append(note)
             try:
-                yield _write_image(item, outcome, vocab, config, per_image, stamp)
+                yield _write_image(item, outcome, config, per_image, stamp)
             except OSError as exc:
                 if exc.errno in FATAL_WRITE_ERRNOS:
                     raise
@@ -222,105 +210,22 @@ def _process(
                 yield _failed(item.entry, reason, per_image, stamp, config.out, item.size)
 
 
-@dataclass
-class Labelled:
-    """One image's segmentation and its instances at the upright original size."""
-
-    result: SegResult
-    instances: list[Instance]
-
-
-def label_loaded(
-    segmenter: Segmenter | None,
-    images: list[LoadedImage],
-    vocab: Vocabulary,
-    max_side: int,
-    min_area: int,
-) -> dict[str, Labelled | str]:
-    """Segment decoded images and turn each label map into instances; errors become reasons.
-
-    The one path from pixels to instances shared by runs, the Label Studio backend and the
-    FiftyOne plugin. Results are keyed by entry.rel.
-    """
-    labelled: dict[str, Labelled | str] = {}
-    for rel, outcome in segment_loaded(segmenter, images, vocab, max_side).items():
-        if isinstance(outcome, str):
-            labelled[rel] = outcome
-            continue
-        size = next(im.size for im in images if im.entry.rel == rel)
-        try:
-            instances = instances_from_labels(outcome.labels, outcome.probs, size, min_area)
-        except Exception as exc:  # one image's post-processing must not end a long run
-            labelled[rel] = f"post-processing failed: {type(exc).__name__}: {exc}"
-            continue
-        labelled[rel] = Labelled(outcome, instances)
-    return labelled
-
-
-def segment_loaded(
-    segmenter: Segmenter | None, images: list[LoadedImage], vocab: Vocabulary, max_side: int
-) -> dict[str, SegResult | str]:
-    """Segment decoded images; if the batch fails, retry one by one so a bad image fails alone.
-
-    Results are keyed by entry.rel and sized like fit_max_side(image, max_side).
-    """
-    assert segmenter is not None
-    arrays = [fit_max_side(im.rgb, max_side) for im in images]
-    padded = [_pad_to_aspect(a) for a in arrays]
-    try:
-        results = segmenter.segment_batch([p for p, _ in padded], vocab)
-        return {
-            im.entry.rel: _crop_result(res, box)
-            for im, res, (_, box) in zip(images, results, padded, strict=True)
-        }
-    except Exception as exc:  # a method's error on one image must not end the run
-        if len(images) == 1:
-            return {images[0].entry.rel: f"segmentation failed: {type(exc).__name__}: {exc}"}
-    out: dict[str, SegResult | str] = {}
-    for im in images:
-        out.update(segment_loaded(segmenter, [im], vocab, max_side))
-    return out
-
-
-def _pad_to_aspect(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Centre an extreme strip on a MAX_ASPECT canvas; returns it and the strip's box."""
-    h, w = rgb.shape[:2]
-    height, width = max(h, math.ceil(w / MAX_ASPECT)), max(w, math.ceil(h / MAX_ASPECT))
-    if (height, width) == (h, w):
-        return rgb, (0, 0, h, w)
-    canvas = np.empty((height, width, 3), dtype=np.uint8)
-    canvas[:] = PAD_COLOUR
-    y0, x0 = (height - h) // 2, (width - w) // 2
-    canvas[y0 : y0 + h, x0 : x0 + w] = rgb
-    return canvas, (y0, x0, y0 + h, x0 + w)
-
-
-def _crop_result(result: SegResult, box: tuple[int, int, int, int]) -> SegResult:
-    y0, x0, y1, x1 = box
-    if (y0, x0) == (0, 0) and result.labels.shape == (y1, x1):
-        return result
-    probs = None if result.probs is None else result.probs[:, y0:y1, x0:x1]
-    return SegResult(result.labels[y0:y1, x0:x1], result.scores, probs, result.extras)
-
-
 def _write_image(
     item: LoadedImage,
-    labelled: Labelled,
-    vocab: Vocabulary,
+    instances: Instances,
     config: RunConfig,
     seconds: float,
     stamp: list[int] | None,
 ) -> dict[str, Any]:
-    size = item.size
-    instances = labelled.instances
-    mask = _mask_name(item.entry)
-    write_label_png(config.out / mask, semantic_from_instances(instances, size))
+    mask = mask_name(item.entry.key)
+    write_label_png(config.out / mask, instances.label_map)
     if config.previews:
-        write_preview(config.out / _preview_name(mask), item.rgb, instances, vocab.names)
+        write_preview(config.out / preview_name(mask), item.rgb, instances, instances.names)
     note = item.note
-    h, w = size
-    if max(h, w) > MAX_ASPECT * min(h, w):
+    h, w = item.size
+    if is_extreme_aspect(item.size):
         note = "; ".join(filter(None, [note, f"extreme aspect ratio, padded to {MAX_ASPECT}:1"]))
+    scores = [] if instances.scores is None else instances.scores
     return {
         "file": item.entry.rel,
         "status": "ok",
@@ -331,7 +236,7 @@ def _write_image(
         "mask": mask,
         "stamp": stamp,
         "instances": [inst.to_dict() for inst in instances],
-        "scores": [round(float(s), 6) for s in labelled.result.scores],
+        "scores": [round(float(s), 6) for s in scores],
     }
 
 
@@ -344,8 +249,8 @@ def _failed(
     size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     # Outputs an earlier run made from a previous version of this file would now be stale.
-    mask = _mask_name(entry)
-    for stale in (out / mask, out / _preview_name(mask)):
+    mask = mask_name(entry.key)
+    for stale in (out / mask, out / preview_name(mask)):
         stale.unlink(missing_ok=True)
     record = {
         "file": entry.rel,
@@ -401,7 +306,7 @@ def _remove_outputs_of_removed_files(store: RunStore, current: set[str]) -> None
     for rec in store.sorted_records():
         mask = rec.get("mask")
         if rec["file"] not in current and mask and mask not in live:
-            for stale in (store.out / mask, store.out / _preview_name(mask)):
+            for stale in (store.out / mask, store.out / preview_name(mask)):
                 stale.unlink(missing_ok=True)
 
 

@@ -25,45 +25,22 @@ import torch
 
 from autolabel.config import Recipe, TuneConfig, save_recipe
 from autolabel.errors import ModelLoadError, UsageError
-from autolabel.methods.base import Segmenter, SegResult, build_segmenter
-from autolabel.methods.pnp import class_text, clip_inputs, clip_presence, clip_probabilities
+from autolabel.io.coco import read_coco
+from autolabel.io.resize import resize_labels
+from autolabel.methods.base import (
+    Segmenter,
+    SegResult,
+    build_segmenter,
+    check_tunable,
+    search_space,
+    validate_settings,
+)
 from autolabel.models.clip import ClipModel
-from autolabel.resize import resize_labels
+from autolabel.models.zeroshot import class_text, clip_inputs, clip_presence, clip_probabilities
 from autolabel.vocab import Vocabulary
 
 Space = dict[str, list[Any]]
-# PnP: layer and head span the model; tau is the paper's search grid (§2.2); blur (not searched
-# by the paper) brackets its 0.05.
-PNP_THRESHOLDS = [0.05, 0.15, 0.25, 0.35, 0.45]
-PNP_BLURS = [0.03, 0.04, 0.05, 0.065, 0.08]
-# CaR: eta / theta / lambda over the ranges of the paper's Table 5 and its per-dataset configs,
-# and the prompt pairs its configs use (car.md §2.2).
-CAR_SPACE: Space = {
-    "mask_threshold": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
-    "confidence_threshold": [0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7],
-    "clipes_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
-    "visual_prompts": [["circle", "blur"], ["blur", "gray"], ["circle"], ["blur"]],
-}
 LOG_SUFFIX = ".tune.jsonl"
-
-
-def search_space(method: str, settings: dict[str, Any], device: str) -> Space:
-    """The values tune tries for each searched setting of a method."""
-    if method == "pnp":
-        from autolabel.methods.pnp import PnPSettings
-        from autolabel.models.blip import load_itm
-
-        itm = load_itm(PnPSettings.from_dict(settings).model, device)
-        return {
-            # The last layer gives class tokens no gradient (pnp_ovss.md §4.3).
-            "layer": list(range(itm.num_layers - 1)),
-            "head": list(range(itm.num_heads)),
-            "threshold": list(PNP_THRESHOLDS),
-            "blur_sigma": list(PNP_BLURS),
-        }
-    if method == "car":
-        return {k: list(v) for k, v in CAR_SPACE.items()}
-    raise UsageError(f"autolabel tune: --method {method!r} cannot be tuned; use pnp or car")
 
 
 # ------------------------------------------------------------------------- the search
@@ -180,7 +157,7 @@ def _read_log(path: Path, fingerprint: str) -> list[Trial]:
         except json.JSONDecodeError as exc:
             if lineno == len(lines):
                 # A line cut short by an interrupted write: drop it so appends stay valid JSONL.
-                from autolabel.writers.atomic import atomic_write_text
+                from autolabel.io.atomic import atomic_write_text
 
                 atomic_write_text(path, "".join(f"{kept}\n" for kept in lines[:-1]))
                 continue
@@ -332,19 +309,15 @@ def load_tags(path: Path, vocab: Vocabulary, rels: list[str]) -> list[list[int]]
 
 
 def _coco_tags(path: Path, text: str, lookup: dict[str, int]) -> dict[str, set[int]]:
-    try:
-        data = json.loads(text)
-        categories = {
-            c["id"]: lookup.get(str(c["name"]).strip().lower()) for c in data["categories"]
-        }
-        files = {im["id"]: str(im["file_name"]) for im in data["images"]}
-        by_file: dict[str, set[int]] = {name: set() for name in files.values()}
-        for ann in data.get("annotations", []):
+    coco = read_coco(path, text, where=f"--tags {path}")
+    categories = {c["id"]: lookup.get(str(c["name"]).strip().lower()) for c in coco.categories}
+    by_file: dict[str, set[int]] = {}
+    for im in coco.images:
+        found = by_file.setdefault(str(im["file_name"]), set())
+        for ann in coco.annotations[im["id"]]:
             cls = categories.get(ann["category_id"])
-            if cls is not None and ann["image_id"] in files:
-                by_file[files[ann["image_id"]]].add(cls)
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UsageError(f"--tags {path}: not a COCO annotation file ({exc})") from exc
+            if cls is not None:
+                found.add(cls)
     return by_file
 
 
@@ -391,18 +364,19 @@ def log_path_for(out: Path) -> Path:
 
 def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = None) -> TuneSummary:
     """Search the method's settings on the images and write the best as a recipe."""
-    from autolabel.images import LoadedImage, iter_images, scan_images
+    from autolabel.io.images import LoadedImage, iter_images, scan_images
+    from autolabel.io.resize import fit_max_side
     from autolabel.models.clip import load_clip
-    from autolabel.resize import fit_max_side
     from autolabel.vocab import load_vocabulary
 
-    if config.method not in ("pnp", "car"):
-        raise UsageError(f"autolabel tune: --method {config.method!r}; choose pnp or car")
+    check_tunable(config.method)
     if config.out.suffix.lower() not in (".yaml", ".yml"):
         raise UsageError(f"-o {config.out}: the recipe must be a .yaml file")
     if config.max_images < 1:
         raise UsageError("autolabel tune: --max-images must be at least 1")
     resolved = config.resolve()
+    base = dict(resolved.settings)
+    validated = validate_settings(config.method, base)  # before any image or model loads
     vocab = load_vocabulary(config.vocab, resolved.background)
     if not config.images.is_dir():
         raise UsageError(f"{config.images}: not a folder of images")
@@ -428,9 +402,8 @@ def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = N
         tags, source = load_tags(config.tags, vocab, rels), str(config.tags)
     else:
         tags, source = clip_tags(clip, arrays, vocab, config.tag_threshold), "CLIP"
-    base = dict(resolved.settings)
-    space = search_space(config.method, base, config.device)
-    effective = build_segmenter(config.method, base, config.device).describe().get("settings", {})
+    space = search_space(config.method, validated, config.device)
+    effective = build_segmenter(config.method, validated, config.device).describe()["settings"]
     default = {k: effective[k] for k in space if k in effective}
     log_path = log_path_for(config.out)
     if config.restart and log_path.exists():

@@ -42,6 +42,8 @@ class Vocabulary:
 
     classes: tuple[VocabClass, ...]
     background: tuple[str, ...] = field(default=DEFAULT_BACKGROUND)
+    # Words of a default (not user-written) background list left out because they name a class.
+    dropped_background: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         _validate(self.classes, self.background, "vocabulary")
@@ -54,9 +56,32 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.classes)
 
-    def with_background(self, words: tuple[str, ...]) -> Vocabulary:
-        """Same classes, other background words."""
-        return Vocabulary(self.classes, tuple(words))
+    def prompt_table(self) -> tuple[list[str], list[int]]:
+        """Every class prompt (name, then synonyms) in class order, then every background word;
+        and the owner of each row: its 1-based class id, 0 for a background word."""
+        prompts = [p for c in self.classes for p in c.prompts] + list(self.background)
+        owners = [i + 1 for i, c in enumerate(self.classes) for _ in c.prompts]
+        return prompts, owners + [0] * len(self.background)
+
+    def with_background(self, words: tuple[str, ...], *, user: bool = True) -> Vocabulary:
+        """Same classes, other background words.
+
+        Words the user wrote must not name a class (UsageError); from a default list (the
+        built-in one, a recipe's) such words are dropped: the user's classes win.
+        """
+        if user:
+            return Vocabulary(self.classes, tuple(words))
+        kept, dropped = _without_classes(tuple(words), self.classes)
+        return Vocabulary(self.classes, kept, dropped)
+
+    def background_note(self) -> str:
+        """One line saying which default background words were dropped, or ""."""
+        if not self.dropped_background:
+            return ""
+        return (
+            f"background word(s) {', '.join(self.dropped_background)} left out of the default "
+            "list: they are classes of the vocabulary"
+        )
 
     def to_dict(self) -> dict:
         """Plain data for run.json and recipes."""
@@ -75,14 +100,29 @@ class Vocabulary:
 
     @classmethod
     def from_names(cls, names: list[str], background: tuple[str, ...] | None = None) -> Vocabulary:
-        """A vocabulary of plain class names without synonyms."""
-        bg = DEFAULT_BACKGROUND if background is None else background
-        return cls(tuple(VocabClass(n) for n in names), tuple(bg))
+        """A vocabulary of plain class names without synonyms (the default background drops
+        words that are class names)."""
+        classes = tuple(VocabClass(n) for n in names)
+        if background is not None:
+            return cls(classes, tuple(background))
+        kept, dropped = _without_classes(DEFAULT_BACKGROUND, classes)
+        return cls(classes, kept, dropped)
 
     def fingerprint(self) -> str:
         """Stable hash, used to refuse resuming a run with another vocabulary."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _without_classes(
+    words: tuple[str, ...], classes: tuple[VocabClass, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(words that name no class, words that do), matched case-insensitively."""
+    names = {p.strip().lower() for c in classes for p in c.prompts}
+    return (
+        tuple(w for w in words if w.lower() not in names),
+        tuple(w for w in words if w.lower() in names),
+    )
 
 
 def _validate(classes: tuple[VocabClass, ...], background: tuple[str, ...], where: str) -> None:
@@ -132,14 +172,22 @@ def parse_vocabulary(text: str, source: str = "vocabulary") -> Vocabulary:
             raise UsageError(f"{source}, line {lineno}: a synonym list without a class name")
         synonyms = tuple(s.strip() for s in rest.split(",") if s.strip())
         classes.append(VocabClass(name, synonyms))
-    bg = DEFAULT_BACKGROUND if background is None else background
+    dropped: tuple[str, ...] = ()
+    if background is None:
+        background, dropped = _without_classes(DEFAULT_BACKGROUND, tuple(classes))
     # Validate here so that errors name the file rather than a generic "vocabulary".
-    _validate(tuple(classes), bg, source)
-    return Vocabulary(tuple(classes), bg)
+    _validate(tuple(classes), background, source)
+    return Vocabulary(tuple(classes), background, dropped)
 
 
-def load_vocabulary(path: Path, background: list[str] | None = None) -> Vocabulary:
-    """Read and parse a vocabulary file; every problem is a UsageError naming the file."""
+def load_vocabulary(
+    path: Path, background: list[str] | None = None, *, user: bool = True
+) -> Vocabulary:
+    """Read and parse a vocabulary file; every problem is a UsageError naming the file.
+
+    `background` replaces the file's background words; `user` says whether a person wrote them
+    (then a word that names a class is an error) or they come from a recipe (then it is dropped).
+    """
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -158,5 +206,5 @@ def load_vocabulary(path: Path, background: list[str] | None = None) -> Vocabula
         ) from exc
     vocab = parse_vocabulary(text, str(path))
     if background is not None:
-        vocab = vocab.with_background(tuple(background))
+        vocab = vocab.with_background(tuple(background), user=user)
     return vocab

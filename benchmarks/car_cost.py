@@ -26,9 +26,9 @@ from PIL import Image, ImageOps
 from torch.utils.flop_counter import FlopCounterMode
 
 from autolabel.config import RunConfig
+from autolabel.io.resize import fit_max_side
 from autolabel.methods.base import SegResult
 from autolabel.methods.car import CaRSegmenter, build
-from autolabel.resize import fit_max_side
 from autolabel.vocab import Vocabulary, load_vocabulary
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,14 +15,11 @@ from conftest import draw_scene
 
 from autolabel.errors import UsageError
 from autolabel.methods import gradcam
-from autolabel.methods.car import (
-    SEMANTIC_TEMPLATES,
-    CaRSettings,
-    Recurrence,
-    _ensemble,
-    build,
-)
+from autolabel.methods.car import Recurrence, _ensemble, build
 from autolabel.methods.prompts import mask_geometry, render_prompts, visual_prompt
+from autolabel.methods.settings import CaRSettings
+from autolabel.models import vit
+from autolabel.models.zeroshot import SEMANTIC_TEMPLATES
 from autolabel.vocab import Vocabulary
 
 VOCAB = Vocabulary.from_names(["red square", "blue disc", "green bar"], background=("sky", "wall"))
@@ -134,19 +132,19 @@ def test_explicit_attention_matches_multihead_attention() -> None:
     x = torch.randn(2, 7, 32)
     with torch.no_grad():
         expected, weights = mha(x, x, x, need_weights=True)
-        out, averaged = gradcam.attention(mha, x)
+        out, averaged = vit.attention(mha, x)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(averaged, weights, atol=1e-7, rtol=0)
-    assert gradcam.attention(mha, x, average=False)[1] is None
+    assert vit.attention(mha, x, average=False)[1] is None
 
 
 def test_position_embedding_resize_keeps_the_trained_grid(tiny_model: str, weights) -> None:
     from autolabel.models.clip import load_clip
 
     visual = load_clip(tiny_model, None, weights["f"], "cpu").model.visual
-    same = gradcam.position_embedding(visual, gradcam.grid_size(visual))
+    same = vit.position_embedding(visual, vit.grid_size(visual))
     assert torch.equal(same, visual.positional_embedding.detach().half().float())
-    wide = gradcam.position_embedding(visual, (3, 7))
+    wide = vit.position_embedding(visual, (3, 7))
     assert wide.shape == (1 + 21, visual.positional_embedding.shape[1])
     assert torch.equal(wide, wide.half().float())  # rounded through fp16 like the official code
 
@@ -210,9 +208,9 @@ def test_length_77_quirk_only_under_parity(tiny_model: str, weights) -> None:
 
     visual = load_clip(tiny_model, None, weights["f"], "cpu").model.visual
     layers = len(visual.transformer.resblocks)
-    assert gradcam.trunk_depth(visual, 77, parity=True) == layers
-    assert gradcam.trunk_depth(visual, 77, parity=False) == layers - 1
-    assert gradcam.trunk_depth(visual, 78, parity=True) == layers - 1
+    assert vit.trunk_depth(visual, 77, parity=True) == layers
+    assert vit.trunk_depth(visual, 77, parity=False) == layers - 1
+    assert vit.trunk_depth(visual, 78, parity=True) == layers - 1
 
 
 # --- g and the recurrence -------------------------------------------------------------------
@@ -285,9 +283,17 @@ def test_settings_defaults_parity_and_errors(tiny_model: str) -> None:
         "official",
         None,
     )
-    for bad in ({"theta": 1}, {"confidence_threshold": 2}, {"visual_prompts": ["glow"]},
-                {"cam_text": "x"}, {"templates": ["no slot"]}):  # fmt: skip
-        with pytest.raises(UsageError):
+    for bad, named in (
+        ({"theta": 1}, "settings.theta: unknown setting"),
+        ({"confidence_threshold": 2}, "settings.confidence_threshold: must be at most 1"),
+        ({"visual_prompts": ["glow"]}, "settings.visual_prompts[0]: must be one of"),
+        ({"visual_prompts": "blur"}, "settings.visual_prompts: expected a list"),
+        ({"cam_text": "x"}, "settings.cam_text: must be one of"),
+        ({"templates": ["no slot"]}, "settings.templates[0]: a template must contain"),
+        ({"cam_max_side": 16}, "settings.cam_max_side: must be at least 32"),
+        ({"refine_cams": 0}, "settings.refine_cams: expected true or false"),
+    ):
+        with pytest.raises(UsageError, match=r"^method car: " + re.escape(named)):
             CaRSettings.from_dict(bad)
 
 

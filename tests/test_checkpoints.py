@@ -125,3 +125,33 @@ def test_no_random_init_warning_when_a_checkpoint_loads(
     with caplog.at_level("WARNING"):
         open_clip.create_model(tiny_model)
     assert notice in caplog.text
+
+
+def test_vit_surgery_matches_open_clip(tiny_model: str) -> None:
+    from autolabel.models import vit
+
+    torch.manual_seed(7)
+    model = open_clip.create_model(tiny_model).eval()
+    visual = model.visual
+    pixels = torch.randn(2, 3, 32, 32)
+    tokens = open_clip.get_tokenizer(tiny_model)(["a red square", "There is a blue disc."])
+    with torch.no_grad():
+        # The public-attribute token embedder is open_clip's private one, bit for bit.
+        x = vit.embed_tokens(visual, pixels, resize_positions=False)
+        assert torch.equal(x, visual._embeds(pixels))
+        # At the trained grid the resized embedding only differs by its fp16 rounding.
+        torch.testing.assert_close(vit.embed_tokens(visual, pixels), x, atol=1e-3, rtol=0)
+        block = visual.transformer.resblocks[0]
+        expected = block(x)
+        torch.testing.assert_close(vit.block_forward(block, x), expected, atol=1e-5, rtol=0)
+        out, weights = vit.block_with_attention(block, x)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        assert weights.shape == (2, x.shape[1], x.shape[1])
+        last = vit.block_forward(
+            visual.transformer.resblocks[-1], vit.last_block_input(visual, pixels)
+        )
+        torch.testing.assert_close(vit.project_cls(visual, last), visual(pixels), atol=1e-5, rtol=0)
+        # The training text encoder computes what inference's encode_tokens does.
+        torch.testing.assert_close(
+            vit.encode_text(model, tokens), encode_tokens(model, tokens), atol=1e-5, rtol=0
+        )

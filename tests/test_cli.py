@@ -1,6 +1,7 @@
 """`autolabel run` end to end through the CLI, with a tiny random open_clip model."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from autolabel.cli import main
-from autolabel.cli.options import job_config
+from autolabel.cli.apps import app
+from autolabel.cli.options import job_config, parse_device
 from autolabel.config import RunConfig, TuneConfig
+from autolabel.methods.base import METHODS
 
 # Libraries that take seconds to import; the CLI imports them only inside the commands.
 HEAVY_MODULES = (
@@ -181,7 +184,7 @@ def test_help_and_version_import_no_heavy_library() -> None:
 def test_job_config_from_command_options(tmp_path: Path) -> None:
     params = {"images": tmp_path, "vocab": tmp_path / "v.txt", "out": tmp_path / "o",
               "checkpoint": tmp_path / "w.pt", "classifier_checkpoint": None,
-              "background": " sky, ,wall ", "max_side": 640, "debug": True}  # fmt: skip
+              "background": " sky, ,wall ", "max_side": 640}  # fmt: skip
     config = job_config(RunConfig, params)
     assert config.checkpoint == str(tmp_path / "w.pt") and config.classifier_checkpoint is None
     assert config.background == ["sky", "wall"] and config.max_side == 640
@@ -189,3 +192,123 @@ def test_job_config_from_command_options(tmp_path: Path) -> None:
     tune = job_config(TuneConfig, {**params, "background": "", "clip_checkpoint": tmp_path})
     assert tune.background is None and tune.clip_checkpoint == str(tmp_path)
     assert tune.max_side == 640 and tune.budget == 20
+
+
+def _commands() -> dict[str, object]:
+    """Every command of the CLI by its path ("run", "push labelstudio", ...)."""
+    import importlib
+
+    import typer
+
+    from autolabel.cli import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
+    found, stack = {}, [("", typer.main.get_command(app))]
+    while stack:
+        path, command = stack.pop()
+        for name, sub in getattr(command, "commands", {}).items():
+            stack.append((f"{path} {name}".strip(), sub))
+        found[path] = command
+    return found
+
+
+def test_help_reads_like_a_cli(capsys) -> None:
+    code, text = _run(["run", "--help"], capsys)
+    assert code == 0
+    assert "Usage: autolabel run [OPTIONS] IMAGES\n" in text
+    assert "<bool>" not in text and "…" not in text
+    # Long option names in full, whatever the width of the terminal.
+    assert "--classifier-pretrained <str>" in text and "--classifier-checkpoint <path>" in text
+    assert "Longest image side, in pixels" in text
+    assert f"--method <{'|'.join(METHODS)}>" in text
+    assert "--device auto|cpu|cuda|cuda:N" in text
+    code, text = _run(["--help"], capsys)
+    assert code == 0 and "<bool>" not in text and "--install-completion" in text
+    assert "--debug" in text
+
+
+def test_method_and_device_are_checked_when_parsed(
+    tmp_path: Path, image_folder: Path, vocab_file: Path, capsys
+) -> None:
+    args = ["run", str(image_folder), "--vocab", str(vocab_file), "-o", str(tmp_path / "o")]
+    code, text = _run([*args, "--method", "bogus"], capsys)
+    assert code == 2 and all(repr(name) in text for name in METHODS)
+    code, text = _run([*args, "--device", "gpu"], capsys)
+    assert code == 2 and "auto, cpu, cuda or cuda:N" in text
+    assert not (tmp_path / "o").exists()
+    assert [parse_device(d) for d in ("auto", "cpu", "cuda", "cuda:1")] == [
+        "auto", "cpu", "cuda", "cuda:1"
+    ]  # fmt: skip
+
+
+def test_shell_completion_is_on_and_light() -> None:
+    script = (
+        "import sys\n"
+        "from autolabel.cli import main\n"
+        "try:\n"
+        "    main([])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        f"loaded = [m for m in {HEAVY_MODULES!r} if m in sys.modules]\n"
+        "sys.exit(f'imported for completion: {loaded}' if loaded else 0)\n"
+    )
+    # What bash sends on `autolabel run x --method <TAB>`.
+    env = {**os.environ, "_AUTOLABEL_COMPLETE": "complete_bash",
+           "COMP_WORDS": "autolabel run x --method ", "COMP_CWORD": "4"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == list(METHODS)
+
+
+def test_debug_is_taken_anywhere_and_declared_by_no_command(
+    tmp_path: Path, image_folder: Path, vocab_file: Path, monkeypatch, capsys
+) -> None:
+    def internal_error(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("autolabel.cli.options.job_config", internal_error)
+    args = ["run", str(image_folder), "--vocab", str(vocab_file), "-o", str(tmp_path / "o")]
+    code, text = _run(args, capsys)
+    assert code == 1 and "internal error: RuntimeError: boom" in text and "--debug" in text
+    assert "Traceback" not in text
+    # With --debug the exception reaches Python, which prints its traceback.
+    for where in ([*args, "--debug"], ["--debug", *args], [*args[:2], "--debug", *args[2:]]):
+        with pytest.raises(RuntimeError, match="boom"):
+            main(where)
+    declaring = [path for path, command in _commands().items()
+                 if any(param.name == "debug" for param in command.params)]  # fmt: skip
+    assert declaring == []
+
+
+def test_offline_message_names_both_checkpoint_options() -> None:
+    from autolabel.models.clip import _offline_message
+
+    text = _offline_message("ViT-B-16", "openai", OSError("Cannot reach the hub. "))
+    assert "Cannot reach the hub.\n" in text
+    assert "--checkpoint PATH for --model" in text
+    assert "--classifier-checkpoint PATH for --classifier-model" in text
+    assert ".." not in text and ". ." not in text
+
+
+def test_offline_classifier_of_car_points_to_classifier_checkpoint(
+    tmp_path: Path, image_folder: Path, vocab_file: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    args = ["run", str(image_folder), "--vocab", str(vocab_file), "-o", str(tmp_path / "o"),
+            "--method", "car", "--model", "toy", "--classifier-model", "ViT-B-32",
+            "--classifier-pretrained", "openai", "--device", "cpu"]  # fmt: skip
+    code, text = _run(args, capsys)
+    assert code == 2 and "'ViT-B-32'" in text
+    assert "--classifier-checkpoint" in text and ".." not in text
+    assert "Traceback" not in text
+
+
+def test_eval_is_its_own_command_module() -> None:
+    from autolabel.cli import COMMAND_MODULES, toyworld
+    from autolabel.cli.evaluate import print_metrics
+
+    assert "autolabel.cli.evaluate" in COMMAND_MODULES and callable(print_metrics)
+    assert not hasattr(toyworld, "eval_command") and not hasattr(toyworld, "print_metrics")
+    assert "eval" in _commands()

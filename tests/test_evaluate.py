@@ -12,7 +12,7 @@ from PIL import Image
 from autolabel.cli import main
 from autolabel.errors import UsageError
 from autolabel.evaluate import SegmentationScores, evaluate_run
-from autolabel.writers.png import write_label_png
+from autolabel.io.png import write_label_png
 
 GT = np.array(
     [

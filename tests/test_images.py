@@ -21,9 +21,9 @@ from corpus import (
 )
 from PIL import Image
 
-from autolabel.images import ImageEntry, LoadedImage, LoadError, load_image, scan_images
+from autolabel.io.images import ImageEntry, LoadedImage, LoadError, load_image, scan_images
+from autolabel.io.png import read_label_png
 from autolabel.runner import run_job
-from autolabel.writers.png import read_label_png
 
 # EXIF orientation -> how the camera stored an upright picture (numpy, from the EXIF spec's
 # description of where row 0 / column 0 of the stored pixels are on the displayed picture).

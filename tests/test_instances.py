@@ -13,7 +13,7 @@ from autolabel.instances import (
     instances_from_labels,
     semantic_from_instances,
 )
-from autolabel.writers.coco import write_coco
+from autolabel.io.coco import write_coco
 
 
 def _labels() -> np.ndarray:

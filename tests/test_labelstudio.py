@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -10,18 +11,20 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
 from autolabel.errors import UsageError
-from autolabel.instances import Instance, encode_rle
-from autolabel.labelstudio.config import (
+from autolabel.instances import Instance, Instances, encode_rle
+from autolabel.io.coco import read_coco
+from autolabel.io.run_folder import read_run
+from autolabel.provenance import model_version
+from autolabel.sinks.labelstudio.config import (
     find_target,
     make_label_config,
     match_vocabulary,
     parse_interface,
     vocabulary_from_target,
 )
-from autolabel.labelstudio.provenance import model_version
-from autolabel.labelstudio.pull import PullSummary, review_task
-from autolabel.labelstudio.push import ImageUrls, load_run
-from autolabel.labelstudio.regions import (
+from autolabel.sinks.labelstudio.pull import PullSummary, review_task
+from autolabel.sinks.labelstudio.push import ImageUrls, run_model_version
+from autolabel.sinks.labelstudio.regions import (
     brush_region,
     check_prediction,
     make_prediction,
@@ -139,9 +142,8 @@ def test_prediction_has_one_region_per_instance_and_validates() -> None:
     a[2:10, 3:20] = True
     b = np.zeros((30, 50), bool)
     b[15:28, 30:45] = True
-    prediction = make_prediction(
-        [_instance(2, a, 0.9), _instance(1, b, 0.3)], VOCAB.names, target, "v1"
-    )
+    instances = Instances((30, 50), VOCAB.names, [_instance(2, a, 0.9), _instance(1, b, 0.3)])
+    prediction = make_prediction(instances, target, "v1")
     assert prediction["model_version"] == "v1"
     assert prediction["score"] == pytest.approx(0.6)
     assert [r["value"]["brushlabels"] for r in prediction["result"]] == [["dog"], ["cat"]]
@@ -156,10 +158,12 @@ def test_validation_rejects_unknown_labels_and_missing_brushlabels() -> None:
     target, config = _target()
     interface = parse_interface(config, "p")
     mask = np.ones((4, 6), bool)
-    bad_label = make_prediction([_instance(1, mask)], ["horse", "dog", "x"], target, "v")
+    bad_label = make_prediction(
+        Instances((4, 6), ["horse", "dog", "x"], [_instance(1, mask)]), target, "v"
+    )
     with pytest.raises(UsageError, match="rejected by the labeling config"):
         check_prediction(interface, bad_label, "p")
-    no_labels = make_prediction([_instance(1, mask)], VOCAB.names, target, "v")
+    no_labels = make_prediction(Instances((4, 6), VOCAB.names, [_instance(1, mask)]), target, "v")
     del no_labels["result"][0]["value"]["brushlabels"]
     with pytest.raises(UsageError, match="rejected"):
         check_prediction(interface, no_labels, "p")
@@ -167,7 +171,7 @@ def test_validation_rejects_unknown_labels_and_missing_brushlabels() -> None:
 
 def test_empty_prediction_is_valid() -> None:
     target, config = _target()
-    prediction = make_prediction([], VOCAB.names, target, "v")
+    prediction = make_prediction(Instances((4, 6), VOCAB.names), target, "v")
     assert prediction == {"model_version": "v", "score": 0.0, "result": []}
     check_prediction(parse_interface(config, "p"), prediction, "p")
 
@@ -186,19 +190,26 @@ def test_polygon_regions_rasterise_in_percent_of_the_image() -> None:
 
 
 def test_model_version_tracks_everything_that_shapes_masks() -> None:
-    base = ("car", {"model": "ViT-B/16", "x": 1}, {"backbone": {"name": "n"}}, "fp", 1024, 16)
-    version = model_version(*base)
-    assert version == model_version(*base)
+    identity = {
+        "method": "car", "recipe": "r", "settings": {"model": "ViT-B/16", "x": 1},
+        "vocabulary": "fp", "max_side": 1024, "min_area": 16,
+    }  # fmt: skip
+    models = {"backbone": {"name": "n"}}
+    version = model_version(identity, models)
+    assert version == model_version(dict(identity), dict(models))
     assert version.startswith("autolabel-car-ViT-B_16-")  # LS splits version lists on commas
     assert all(c.isalnum() or c in "._-" for c in version)
-    for changed in (
-        ("pnp", *base[1:]),
-        (base[0], {"model": "ViT-B/16", "x": 2}, *base[2:]),
-        (*base[:3], "other-vocab", *base[4:]),
-        (*base[:4], 512, base[5]),
-        (*base[:5], 0),
+    # The recipe's name does not shape the masks; its settings do.
+    assert model_version({**identity, "recipe": "other"}, models) == version
+    for key, value in (
+        ("method", "pnp"),
+        ("settings", {"model": "ViT-B/16", "x": 2}),
+        ("vocabulary", "other-vocab"),
+        ("max_side", 512),
+        ("min_area", 0),
     ):
-        assert model_version(*changed) != version
+        assert model_version({**identity, key: value}, models) != version
+    assert model_version(identity, {"backbone": {"name": "m"}}) != version
 
 
 def test_image_urls_for_local_storage_and_prefix(tmp_path: Path) -> None:
@@ -227,26 +238,106 @@ def test_image_urls_refuse_bad_options(tmp_path: Path, case: str) -> None:
         ImageUrls.checked(*args)
 
 
-def test_load_run_reads_a_real_run(tiny_run: Path) -> None:
-    run = load_run(tiny_run)
+def test_read_run_reads_a_real_run(tiny_run: Path) -> None:
+    run = read_run(tiny_run)
     coco = json.loads((tiny_run / "annotations.json").read_text())
     assert [im.file_name for im in run.images] == [im["file_name"] for im in coco["images"]]
+    assert [(im.height, im.width) for im in run.images] == [
+        (im["height"], im["width"]) for im in coco["images"]
+    ]
     assert sum(len(im.instances) for im in run.images) == len(coco["annotations"])
-    assert run.vocab.names == [c["name"] for c in coco["categories"]]
-    assert run.model_version.startswith("autolabel-fast-")
+    assert run.vocabulary.names == [c["name"] for c in coco["categories"]]
+    first = next(im for im in run.images if len(im.instances))
+    instances = first.instances
+    assert instances.size == (first.height, first.width)
+    assert instances.names == run.vocabulary.names
+    assert instances[0].mask.shape == instances.size
+    version = run_model_version(run)
+    assert version.startswith("autolabel-fast-")
     info = json.loads((tiny_run / "run.json").read_text())
     info["settings"]["short_side"] = 96  # another setting: another version
     (tiny_run / "run.json").write_text(json.dumps(info))
-    assert load_run(tiny_run).model_version != run.model_version
+    assert run_model_version(read_run(tiny_run)) != version
 
 
-def test_load_run_names_what_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="run.json: missing"):
-        load_run(tmp_path)
-    (tmp_path / "run.json").write_text("{}")
-    (tmp_path / "annotations.json").write_text('{"images": []}')
-    with pytest.raises(UsageError, match="output folder"):
-        load_run(tmp_path)
+def test_read_run_names_the_file_at_fault(tmp_path: Path) -> None:
+    run_json, annotations = tmp_path / "run.json", tmp_path / "annotations.json"
+    with pytest.raises(UsageError, match=r"run\.json: missing; is .* output folder"):
+        read_run(tmp_path)
+    run_json.write_text("{not json")
+    with pytest.raises(UsageError, match=r"run\.json: cannot read it as JSON"):
+        read_run(tmp_path)
+    run_json.write_text("{}")
+    annotations.write_text('{"images": []}')
+    with pytest.raises(UsageError, match=r"run\.json: not the run\.json of .* output folder"):
+        read_run(tmp_path)
+    vocabulary = {"classes": [{"name": "cat"}], "background": ["sky"]}
+    run_json.write_text(
+        json.dumps({"method": "fast", "vocabulary": vocabulary, "images_root": "/x"})
+    )
+    with pytest.raises(UsageError, match=r"annotations\.json: not a COCO annotation file"):
+        read_run(tmp_path)
+    annotations.unlink()
+    with pytest.raises(UsageError, match=r"annotations\.json: missing"):
+        read_run(tmp_path)
+    annotations.write_text(json.dumps({"categories": [{"id": 1, "name": "dog"}], "images": []}))
+    with pytest.raises(UsageError, match=r"annotations\.json: its categories \['dog'\]"):
+        read_run(tmp_path)
+    coco = {
+        "categories": [{"id": 1, "name": "cat"}],
+        "images": [{"id": 1, "file_name": "a.png", "width": 4, "height": 3}],
+        "annotations": [{"image_id": 1, "category_id": 1, "area": 1, "bbox": [0, 0, 1, 1]}],
+    }
+    annotations.write_text(json.dumps(coco))
+    with pytest.raises(UsageError, match=r"annotations\.json: .*\(no 'segmentation'\)"):
+        read_run(tmp_path)
+    mask = np.zeros((3, 4), bool)
+    mask[1, 2] = True
+    coco["annotations"] = [Instances((3, 4), ["cat"], [Instance.from_mask(1, mask)]).to_coco(1)[0]]
+    annotations.write_text(json.dumps(coco))
+    (image,) = read_run(tmp_path).images
+    assert np.array_equal(image.instances[0].mask, mask)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[]", "top level is a JSON list"),
+        ('{"images": []}', "no 'categories'"),
+        ('{"categories": [{"id": 1}], "images": []}', "has no 'name'"),
+        ('{"categories": [], "images": [{"id": 1, "file_name": "a"}, {"id": 1, "file_name": "b"}]}',
+         "image id 1 appears twice"),
+        ('{"categories": [], "images": [], "annotations": [{"image_id": 1, "category_id": 1}]}',
+         "image id 1, not in 'images'"),
+        ('{"categories": [], "images": [{"id": 1, "file_name": "a"}], '
+         '"annotations": [{"image_id": 1, "category_id": 3}]}', "category id 3"),
+    ],
+)  # fmt: skip
+def test_read_coco_says_what_is_wrong(tmp_path: Path, text: str, reason: str) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=r"c\.json: not a COCO annotation file \(.*" + reason):
+        read_coco(path)
+
+
+def test_read_coco_groups_annotations_per_image(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    data = {
+        "categories": [{"id": 7, "name": "b"}, {"id": 2, "name": "a"}],
+        "images": [{"id": 5, "file_name": "x.png"}, {"id": 3, "file_name": "y.png"}],
+        "annotations": [{"image_id": 3, "category_id": 7, "k": 1},
+                        {"image_id": 5, "category_id": 2}, {"image_id": 3, "category_id": 2}],
+    }  # fmt: skip
+    path.write_text(json.dumps(data))
+    coco = read_coco(path)
+    assert coco.names == ["a", "b"]  # id order
+    assert [im["file_name"] for im in coco.images] == ["x.png", "y.png"]
+    assert coco.annotations == {
+        5: [data["annotations"][1]],
+        3: [data["annotations"][0], data["annotations"][2]],
+    }
+    with pytest.raises(UsageError, match="--tags x: not a COCO annotation file \\(not JSON"):
+        read_coco(path, "{", where="--tags x")
 
 
 def _task(pred_masks, final_masks, size=(20, 30)):
@@ -325,3 +416,59 @@ def test_unreadable_and_foreign_regions_are_skipped_not_fatal() -> None:
     record = review_task(task, {n: i + 1 for i, n in enumerate(VOCAB.names)}, summary)
     assert [i["category_id"] for i in record["instances"]] == [1]
     assert summary.regions_skipped == 3
+
+
+def test_review_does_not_report_a_class_with_empty_regions_on_both_sides() -> None:
+    m = np.zeros((20, 30), bool)
+    m[2:8, 4:20] = True
+    empty = np.zeros((20, 30), bool)
+    summary = PullSummary(1, Path("o.json"), Path("r.json"))
+    category = {n: i + 1 for i, n in enumerate(VOCAB.names)}
+    record = review_task(_task([("cat", m), ("dog", empty)], [("cat", m)]), category, summary)
+    assert summary.reviews[0].iou == {"cat": 1.0}
+    assert summary.reviews[0].accepted_as_is
+    assert len(record["instances"]) == 1
+
+
+def test_overlapping_classes_are_compared_class_by_class() -> None:
+    cat = np.zeros((20, 30), bool)
+    cat[0:10, 0:10] = True
+    dog = np.zeros((20, 30), bool)
+    dog[5:15, 5:15] = True  # overlaps the cat: a single painted label map would cut one of them
+    summary = PullSummary(1, Path("o.json"), Path("r.json"))
+    category = {n: i + 1 for i, n in enumerate(VOCAB.names)}
+    review_task(
+        _task([("cat", cat), ("dog", dog)], [("cat", cat), ("dog", dog)]), category, summary
+    )
+    assert summary.reviews[0].iou == {"cat": 1.0, "dog": 1.0}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_sinks_and_integrations_do_not_import_the_runner() -> None:
+    """Integrations hold no algorithm: they go through the Python API, never the job loop."""
+    repo = Path(__file__).resolve().parent.parent
+    folders = (repo / "autolabel" / "sinks", repo / "integrations")
+    files = sorted(path for folder in folders for path in folder.rglob("*.py"))
+    assert len(files) > 10 and any(
+        path.parts[-3:-1] == ("integrations", "fiftyone") for path in files
+    )
+    offenders = {
+        path.relative_to(repo).as_posix(): sorted(
+            name
+            for name in _imports(path)
+            if name == "autolabel.runner" or name.startswith("autolabel.runner.")
+        )
+        for path in files
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}

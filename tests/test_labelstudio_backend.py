@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 from conftest import draw_scene
 
-from autolabel.backend.app import BackendServer, ServerLimits
-from autolabel.backend.media import MediaError, MediaResolver
-from autolabel.backend.predictor import BackendOptions, Predictor
+from autolabel.api import Labeler
+from autolabel.errors import MediaError, UsageError
 from autolabel.instances import decode_rle
-from autolabel.labelstudio.config import make_label_config
-from autolabel.labelstudio.push import load_run
-from autolabel.labelstudio.regions import region_mask
+from autolabel.io.run_folder import read_run
+from autolabel.sinks.labelstudio.backend.app import BackendServer, ServerLimits
+from autolabel.sinks.labelstudio.backend.media import MediaResolver
+from autolabel.sinks.labelstudio.backend.predictor import SERVE_VOCABULARY, ConfigError, Predictor
+from autolabel.sinks.labelstudio.config import make_label_config
+from autolabel.sinks.labelstudio.push import run_model_version
+from autolabel.sinks.labelstudio.regions import region_mask
 from autolabel.vocab import load_vocabulary
 
 
@@ -34,7 +37,8 @@ def _start(server: BackendServer) -> str:
 def predictor(tiny_recipe: Path, image_folder: Path) -> Predictor:
     """The tiny fast recipe, reading Local Storage files from the test images folder."""
     media = MediaResolver(document_root=image_folder.parent)
-    return Predictor(BackendOptions(recipe=str(tiny_recipe), device="cpu", min_area=0), media)
+    labeler = Labeler(SERVE_VOCABULARY, recipe=str(tiny_recipe), device="cpu", min_area=0)
+    return Predictor(labeler, media)
 
 
 @pytest.fixture
@@ -91,8 +95,7 @@ def test_predict_matches_autolabel_run_and_keeps_one_entry_per_task(
     results = response.json()["results"]
     assert len(results) == 6
     assert [bool(r["result"]) for r in results] == [True, False, False, False, False, True]
-    run = load_run(tiny_run)
-    assert {r["model_version"] for r in results} == {run.model_version}
+    assert {r["model_version"] for r in results} == {run_model_version(read_run(tiny_run))}
     coco = json.loads((tiny_run / "annotations.json").read_text())
     for result, name in ((results[0], "sub/c.png"), (results[5], "a.png")):
         image = next(im for im in coco["images"] if im["file_name"] == name)
@@ -107,6 +110,24 @@ def test_predict_matches_autolabel_run_and_keeps_one_entry_per_task(
             )
             assert np.array_equal(mask, decode_rle(ann["segmentation"]))
             assert region["score"] == pytest.approx(ann["score"], abs=1e-5)
+
+
+def test_each_config_gets_its_vocabulary_and_the_shared_models(
+    predictor: Predictor, config: str, vocab_file: Path
+) -> None:
+    spec = predictor.spec(config)
+    assert spec.labeler.vocabulary.names == load_vocabulary(vocab_file).names
+    assert spec.labeler.vocabulary.background == SERVE_VOCABULARY.background
+    assert spec.labeler.load() is predictor.labeler.load()  # models loaded once
+    other = config.replace("green bar", "sky")  # a label that is also a background word
+    other_spec = predictor.spec(other)
+    assert "sky" in other_spec.labeler.vocabulary.names
+    assert "sky" not in other_spec.labeler.vocabulary.background
+    assert other_spec.model_version != spec.model_version
+    assert predictor.spec(config) is spec  # cached per config text
+    with pytest.raises(ConfigError, match="no <BrushLabels>") as caught:
+        predictor.spec('<View><Image name="i" value="$i"/></View>')
+    assert isinstance(caught.value, UsageError)
 
 
 @pytest.mark.parametrize(

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from label_studio_sdk import LabelStudio
 
-from autolabel.backend.app import BackendServer
-from autolabel.backend.media import MediaResolver
-from autolabel.backend.predictor import BackendOptions, Predictor
+from autolabel.api import Labeler
 from autolabel.cli import main
-from autolabel.config import RunConfig
 from autolabel.instances import decode_rle
-from autolabel.labelstudio.config import make_label_config
-from autolabel.labelstudio.push import ImageUrls, load_run, push_run
-from autolabel.labelstudio.regions import region_mask
-from autolabel.runner import run_job
+from autolabel.io.run_folder import read_run
+from autolabel.sinks.labelstudio.backend.app import BackendServer
+from autolabel.sinks.labelstudio.backend.media import MediaResolver
+from autolabel.sinks.labelstudio.backend.predictor import SERVE_VOCABULARY, Predictor
+from autolabel.sinks.labelstudio.config import make_label_config
+from autolabel.sinks.labelstudio.push import ImageUrls, push_run, run_model_version
+from autolabel.sinks.labelstudio.regions import region_mask
 from autolabel.vocab import load_vocabulary
 
 if TYPE_CHECKING:
@@ -80,15 +80,16 @@ def test_push_reads_back_exactly_and_is_idempotent(
     ])  # fmt: skip
     assert code == 0
     project_id = _project_id(client, title)
-    run = load_run(tiny_run)
+    run = read_run(tiny_run)
+    version = run_model_version(run)
     expected = _expected(tiny_run)
     tasks = _tasks(client, project_id)
     assert sorted(_file(t) for t in tasks) == sorted(expected)
     for task in tasks:
         image, annotations = expected[_file(task)]
         (prediction,) = task["predictions"]
-        assert prediction["model_version"] == run.model_version
-        _assert_regions_equal(prediction["result"], annotations, run.vocab.names)
+        assert prediction["model_version"] == version
+        _assert_regions_equal(prediction["result"], annotations, run.vocabulary.names)
         assert all(
             (r["original_width"], r["original_height"]) == (image["width"], image["height"])
             for r in prediction["result"]
@@ -110,18 +111,18 @@ def test_push_reads_back_exactly_and_is_idempotent(
 
     # A newer run with other settings over the same images adds its predictions to the tasks.
     newer = tmp_path / "newer"
-    run_job(RunConfig(image_folder, vocab_file, newer, recipe=str(tiny_recipe), device="cpu"))
+    Labeler(vocab_file, recipe=str(tiny_recipe), device="cpu").label_folder(image_folder, newer)
     update = push_run(
         newer, ls.url, ls.api_key, project_id=project_id, document_root=ls.document_root
     )
     assert (update.tasks_created, update.predictions_created) == (0, len(expected))
-    newer_version = load_run(newer).model_version
-    assert newer_version != run.model_version
+    newer_version = run_model_version(read_run(newer))
+    assert newer_version != version
     tasks = _tasks(client, project_id)
     assert len(tasks) == len(expected)
     for task in tasks:
         versions = sorted(p["model_version"] for p in task["predictions"])
-        assert versions == sorted([run.model_version, newer_version])
+        assert versions == sorted([version, newer_version])
     assert client.projects.get(id=project_id).model_version == newer_version
 
 
@@ -130,7 +131,7 @@ def test_pull_after_review(label_studio: LabelStudioServer, tiny_run: Path, tmp_
     summary = push_run(
         tiny_run, ls.url, ls.api_key, title=f"pull {tmp_path.name}", document_root=ls.document_root
     )
-    run = load_run(tiny_run)
+    run = read_run(tiny_run)
     tasks = sorted(
         _tasks(client, summary.project_id), key=lambda t: len(t["predictions"][0]["result"])
     )
@@ -150,7 +151,7 @@ def test_pull_after_review(label_studio: LabelStudioServer, tiny_run: Path, tmp_
     ])  # fmt: skip
     assert code == 0
     coco = json.loads(output.read_text())
-    assert [c["name"] for c in coco["categories"]] == run.vocab.names
+    assert [c["name"] for c in coco["categories"]] == run.vocabulary.names
     expected = _expected(tiny_run)
     by_file = {im["file_name"]: im for im in coco["images"]}
     assert set(by_file) == {
@@ -174,16 +175,17 @@ def test_pull_after_review(label_studio: LabelStudioServer, tiny_run: Path, tmp_
     assert reviews[_file(accepted)]["accepted_as_is"]
     edited_review = reviews[_file(edited)]
     assert not edited_review["accepted_as_is"]
-    removed = run.vocab.names[expected[_file(edited)][1][0]["category_id"] - 1]
+    removed = run.vocabulary.names[expected[_file(edited)][1][0]["category_id"] - 1]
     assert edited_review["iou"][removed] < 1.0
-    assert edited_review["model_version"] == run.model_version
+    assert edited_review["model_version"] == run_model_version(run)
 
 
 @pytest.fixture
 def backend(tiny_recipe: Path, label_studio: LabelStudioServer) -> Iterator[tuple[str, Predictor]]:
     """The ML backend with basic auth, fetching images from Label Studio over HTTP."""
     media = MediaResolver(ls_url=label_studio.url, api_key=label_studio.api_key)
-    predictor = Predictor(BackendOptions(recipe=str(tiny_recipe), device="cpu", min_area=0), media)
+    labeler = Labeler(SERVE_VOCABULARY, recipe=str(tiny_recipe), device="cpu", min_area=0)
+    predictor = Predictor(labeler, media)
     server = BackendServer(("127.0.0.1", 0), predictor, basic_auth=("ls", "backend-pass"))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}", predictor
@@ -218,7 +220,7 @@ def test_ml_backend_serves_label_studio(
     version = predictor.spec(config).model_version
     # Same recipe and model as the run: the same version, so LS would not ask again for tasks
     # a push pre-annotated, and the same masks.
-    assert version == load_run(tiny_run).model_version
+    assert version == run_model_version(read_run(tiny_run))
     names = load_vocabulary(vocab_file).names
     for task in tasks:
         (prediction,) = task["predictions"]

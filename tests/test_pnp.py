@@ -15,7 +15,9 @@ from autolabel.cli import main
 from autolabel.errors import ModelLoadError, UsageError
 from autolabel.methods import pnp
 from autolabel.methods.base import build_segmenter
+from autolabel.methods.settings import PNP_CRF, PnPSettings
 from autolabel.models.blip import load_itm
+from autolabel.models.zeroshot import clip_presence
 from autolabel.refine.crf import dense_crf
 from autolabel.vocab import parse_vocabulary
 
@@ -109,7 +111,7 @@ def tiny_bridgetower(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(save_tiny_bridgetower(tmp_path_factory.mktemp("bt") / "tiny-bridgetower"))
 
 
-def settings(model: str, **extra: object) -> pnp.PnPSettings:
+def settings(model: str, **extra: object) -> PnPSettings:
     """Small, fast settings on a tiny model: every class in the prompt, no CLIP."""
     base = {
         "model": model,
@@ -121,7 +123,7 @@ def settings(model: str, **extra: object) -> pnp.PnPSettings:
         "dropout_passes": 3,
         "dropout_patches": 3,
     }
-    return pnp.PnPSettings.from_dict({**base, **extra})
+    return PnPSettings.from_dict({**base, **extra})
 
 
 def images(count: int = 2) -> list[np.ndarray]:
@@ -131,7 +133,7 @@ def images(count: int = 2) -> list[np.ndarray]:
     return [rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8) for h, w in sizes]
 
 
-def inputs(model: str, cfg: pnp.PnPSettings) -> tuple:
+def inputs(model: str, cfg: PnPSettings) -> tuple:
     """Pixels, token ids, mask and class weights for two prompts of different lengths."""
     itm = load_itm(model, "cpu")
     vocab = parse_vocabulary(VOCAB)
@@ -253,7 +255,7 @@ def test_threshold_and_background_channel() -> None:
     maps[0, 0, 0] = 4.0  # class 1 top-left
     maps[1, 3, 3] = 2.0  # class 2 bottom-right, a different scale
     maps[0, 3, 0] = 0.1  # below 15% of class 1's range: dropped
-    cfg = pnp.PnPSettings(blur_sigma=0.0, crf=None, softmax=False)
+    cfg = PnPSettings(blur_sigma=0.0, crf=None, softmax=False)
     probs = pnp.refine(maps, np.zeros((4, 4, 3), np.uint8), cfg)
     labels = probs.argmax(0)
     assert probs.shape == (3, 4, 4) and np.allclose(probs.sum(0), 1)
@@ -264,11 +266,11 @@ def test_crf_step_is_applied_with_pnp_constants() -> None:
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, size=(24, 24, 3), dtype=np.uint8)
     maps = torch.rand(2, 4, 4)
-    with_crf = pnp.refine(maps, image, pnp.PnPSettings())
-    without = pnp.refine(maps, image, pnp.PnPSettings(crf=None))
+    with_crf = pnp.refine(maps, image, PnPSettings())
+    without = pnp.refine(maps, image, PnPSettings(crf=None))
     assert not np.allclose(with_crf, without)
-    assert np.allclose(with_crf, dense_crf(image, without, pnp.PNP_CRF), atol=1e-6)
-    assert pnp.PnPSettings().crf == pnp.PNP_CRF and pnp.PNP_CRF.bilateral_sxy == 50
+    assert np.allclose(with_crf, dense_crf(image, without, PNP_CRF), atol=1e-6)
+    assert PnPSettings().crf == PNP_CRF and PNP_CRF.bilateral_sxy == 50
 
 
 @pytest.mark.parametrize("which", ["tiny_blip", "tiny_bridgetower"])
@@ -301,7 +303,7 @@ def test_clip_presence_filter_chooses_the_prompt(tiny_blip: str, tiny_model: str
 
     vocab = parse_vocabulary(VOCAB)
     clip = load_clip(tiny_model, None, None, "cpu")
-    presence = pnp.clip_presence(clip, images(2), vocab)
+    presence = clip_presence(clip, images(2), vocab)
     assert (
         presence.shape == (2, 3) and (presence >= 0).all() and (presence.sum(1) <= 1 + 1e-6).all()
     )
@@ -325,16 +327,16 @@ def test_clip_presence_filter_chooses_the_prompt(tiny_blip: str, tiny_model: str
 
 def test_settings_errors_name_the_setting(tiny_blip: str) -> None:
     with pytest.raises(UsageError, match="unknown setting"):
-        pnp.PnPSettings.from_dict({"layr": 3})
+        PnPSettings.from_dict({"layr": 3})
     with pytest.raises(UsageError, match="settings.threshold"):
-        pnp.PnPSettings.from_dict({"threshold": "high"})
+        PnPSettings.from_dict({"threshold": "high"})
     with pytest.raises(UsageError, match="dropout_schedule"):
-        pnp.PnPSettings.from_dict({"dropout_schedule": "quartering"})
+        PnPSettings.from_dict({"dropout_schedule": "quartering"})
     with pytest.raises(UsageError, match="--checkpoint"):
-        pnp.PnPSettings.from_dict({"checkpoint": "/x.pt"})
+        PnPSettings.from_dict({"checkpoint": "/x.pt"})
     with pytest.raises(UsageError, match="unknown crf"):
-        pnp.PnPSettings.from_dict({"crf": {"sxy": 3}})
-    assert pnp.PnPSettings.from_dict({"crf": False}).crf is None
+        PnPSettings.from_dict({"crf": {"sxy": 3}})
+    assert PnPSettings.from_dict({"crf": False}).crf is None
     with pytest.raises(UsageError, match="settings.layer 2"):  # the last layer has no gradient
         build_segmenter("pnp", {**settings_dict(tiny_blip), "layer": 2}, "cpu")
     with pytest.raises(UsageError, match="settings.head 4"):
@@ -351,7 +353,9 @@ def test_model_errors_are_clear(tmp_path: Path, tiny_blip: str, monkeypatch) -> 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ModelLoadError, match="class_filter: all"):
         build_segmenter(
-            "pnp", {**settings_dict(tiny_blip), "class_filter": "clip", "clip_model": "RN50"}, "cpu"
+            "pnp",
+            {**settings_dict(tiny_blip), "class_filter": "clip", "clip_model": "ViT-B-32"},
+            "cpu",
         )
     with pytest.raises(ModelLoadError, match="could not fetch weights") as info:
         load_itm("autolabel-tests/no-such-itm-model", "cpu")

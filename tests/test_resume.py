@@ -25,8 +25,8 @@ from conftest import TINY_CONFIG, TINY_MODEL, TINY_VOCAB, draw_scene
 from corpus import encoded, exif_photo, exif_with_orientation
 
 from autolabel.cli import main
-from autolabel.store import RunStore
-from autolabel.writers.atomic import atomic_open
+from autolabel.io.atomic import atomic_open
+from autolabel.io.store import RunStore
 
 IMAGES = 8
 
@@ -110,7 +110,7 @@ def kill_mid_record(count: int) -> None:
 
 def kill_mid_mask(count: int) -> None:
     """Die halfway through writing the count-th mask PNG (its temp file is left behind)."""
-    import autolabel.writers.png as png
+    import autolabel.io.png as png
 
     original, seen = png.atomic_write_bytes, [0]
 
@@ -128,7 +128,7 @@ def kill_mid_mask(count: int) -> None:
 
 def kill_mid_annotations(_: int) -> None:
     """Die while annotations.json is being assembled, after its first annotation."""
-    import autolabel.writers.coco as coco
+    import autolabel.io.coco as coco
 
     original = coco._write_array
 

@@ -10,15 +10,18 @@ import pytest
 from conftest import TINY_VOCAB, draw_scene, tiny_config
 from corpus import as_nobody, build_corpus, shared_tempdir
 
+from autolabel import api
 from autolabel.cli import main
 from autolabel.config import RunConfig
 from autolabel.errors import UsageError
-from autolabel.methods.base import build_segmenter
+from autolabel.io.png import read_label_png
 from autolabel.runner import run_job
-from autolabel.writers.png import read_label_png
 
-# A model path that does not exist: reaching the model loader would say so (exit 1).
-UNREACHABLE_MODEL = "/nonexistent/never-loaded.json"
+# Valid names whose weights files do not exist: a run that loads them fails (offline-safe).
+UNREACHABLE_MODEL = [
+    "--model", "ViT-B-16", "--checkpoint", "/nonexistent/never-loaded.pt",
+    "--classifier-model", "ViT-B-16", "--classifier-checkpoint", "/nonexistent/never-loaded.pt",
+]  # fmt: skip
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -121,7 +124,7 @@ def test_bad_vocabulary_is_a_usage_error_before_the_model(
     vocab = tmp_path / f"{case}.txt"
     vocab.write_bytes(data)
     args = ["run", str(image_folder), "-v", str(vocab), "-o", str(tmp_path / "out")]
-    code, text = run_cli([*args, "--method", "fast", "--model", UNREACHABLE_MODEL], capsys)
+    code, text = run_cli([*args, "--method", "fast", *UNREACHABLE_MODEL], capsys)
     assert code == 2, text
     assert str(vocab) in text and message in text
     assert "never-loaded" not in text and "Traceback" not in text
@@ -135,7 +138,7 @@ def test_unreadable_vocabulary_path(
     if case == "folder":
         vocab.mkdir()
     args = ["run", str(image_folder), "-v", str(vocab), "-o", str(tmp_path / "out")]
-    code, text = run_cli([*args, "--model", UNREACHABLE_MODEL], capsys)
+    code, text = run_cli([*args, *UNREACHABLE_MODEL], capsys)
     assert code == 2 and str(vocab) in text and "cannot read" in text, text
 
 
@@ -144,7 +147,7 @@ def test_the_unreachable_model_is_reached_with_good_inputs(
 ) -> None:
     """The control for the tests above: with nothing wrong, the model loader does complain."""
     args = ["run", str(image_folder), "-v", str(vocab_file), "-o", str(tmp_path / "out")]
-    code, text = run_cli([*args, "--method", "fast", "--model", UNREACHABLE_MODEL], capsys)
+    code, text = run_cli([*args, "--method", "fast", *UNREACHABLE_MODEL], capsys)
     assert code != 0 and "never-loaded" in text, text
 
 
@@ -155,7 +158,7 @@ def test_unwritable_output_is_a_usage_error_before_the_model(
     a_file.write_text("not a folder")
     for out, message in ((a_file / "out", "not writable"), (a_file, "a file of that name")):
         args = ["run", str(image_folder), "-v", str(vocab_file), "-o", str(out)]
-        code, text = run_cli([*args, "--model", UNREACHABLE_MODEL], capsys)
+        code, text = run_cli([*args, *UNREACHABLE_MODEL], capsys)
         assert code == 2 and str(out) in text and message in text, text
     with shared_tempdir() as shared:
         vocab = shared / "vocab.txt"
@@ -163,7 +166,7 @@ def test_unwritable_output_is_a_usage_error_before_the_model(
         (shared / "photos").mkdir()
         (shared / "readonly").mkdir(mode=0o555)
         (shared / "readonly").chmod(0o555)
-        args = ["run", str(shared / "photos"), "-v", str(vocab), "--model", UNREACHABLE_MODEL]
+        args = ["run", str(shared / "photos"), "-v", str(vocab), *UNREACHABLE_MODEL]
         assert run_cli([*args, "-o", str(shared / "as-root")], capsys)[0] == 0  # see as_nobody
         with as_nobody():  # root writes anywhere; nobody may not write a 0555 folder of root's
             code, text = run_cli([*args, "-o", str(shared / "readonly")], capsys)
@@ -177,7 +180,7 @@ def test_empty_folder_is_not_an_error(
     empty.mkdir()
     out = tmp_path / "out"
     args = ["run", str(empty), "-v", str(vocab_file), "-o", str(out), "--method", "fast"]
-    code, text = run_cli([*args, "--model", UNREACHABLE_MODEL], capsys)
+    code, text = run_cli([*args, *UNREACHABLE_MODEL], capsys)
     assert code == 0, text
     assert "no image files found" in text and "0 images labelled" in text
     coco = json.loads((out / "annotations.json").read_text())
@@ -231,14 +234,25 @@ class FailsOnTallImages:
 
 
 def test_segmentation_error_fails_one_image_of_a_batch(
-    tmp_path: Path, image_folder: Path, vocab_file: Path, tiny_recipe: Path
+    tmp_path: Path,
+    image_folder: Path,
+    vocab_file: Path,
+    tiny_recipe: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     reference = run_job(tiny_config(image_folder, vocab_file, tmp_path / "ref", tiny_recipe))
     assert reference.ok == 3
     config = tiny_config(image_folder, vocab_file, tmp_path / "out", tiny_recipe, batch_size=3)
-    resolved = config.resolve()
-    segmenter = FailsOnTallImages(build_segmenter(resolved.method, resolved.settings, "cpu"))
-    summary = run_job(config, segmenter=segmenter)
+    built: list[FailsOnTallImages] = []
+
+    def build(*args: object) -> FailsOnTallImages:
+        built.append(FailsOnTallImages(real_build(*args)))
+        return built[-1]
+
+    real_build = api.build_segmenter
+    monkeypatch.setattr(api, "build_segmenter", build)
+    summary = run_job(config)
+    (segmenter,) = built
     assert summary.ok == 2 and segmenter.calls == 4  # one batch, then one call per image
     assert summary.failed == [
         ("sub/c.png", "segmentation failed: RuntimeError: CUDA out of memory (simulated)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +150,30 @@ def test_demo_labels_toy_scenes_offline_and_says_where_to_look(
     assert len(list((labels / "previews").iterdir())) == len(masks)
     assert (labels / "annotations.json").is_file()
     assert "mIoU" in text and str(labels / "previews") in text
+
+
+def test_demo_runs_fast_with_the_toy_models_own_recipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--device", "cpu", "--method", "fast"]) == 0
+    info = json.loads((out / "labels" / "run.json").read_text())
+    assert info["method"] == "fast" and info["recipe"] == "toy-fast"
+    miou = float(re.search(r"mIoU ([0-9.]+)", capsys.readouterr().out).group(1))
+    assert miou > 0.6
+
+
+def test_demo_pnp_asks_for_blip_not_for_another_recipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no network in tests
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--device", "cpu", "--method", "pnp"]) == 2
+    text = capsys.readouterr().err
+    assert "blip" in text.lower() and "is for method" not in text
+    assert not (out / "labels").exists()  # nothing written before the run could start
 
 
 def test_training_is_deterministic_and_its_weights_load_through_open_clip(tmp_path: Path) -> None:

@@ -195,8 +195,9 @@ def test_cli_tune_writes_a_recipe_that_run_accepts(
 def test_tune_car_searches_its_own_settings(
     tmp_path: Path, image_folder: Path, vocab_file: Path, tiny_model: str
 ) -> None:
-    from autolabel.methods.car import CaRSettings
-    from autolabel.tune import CAR_SPACE, run_tune
+    from autolabel.methods.base import validate_settings
+    from autolabel.methods.car import SEARCH_SPACE
+    from autolabel.tune import run_tune
 
     base = tmp_path / "car-base.yaml"
     base.write_text(
@@ -226,5 +227,5 @@ def test_tune_car_searches_its_own_settings(
         "visual_prompts": ["circle", "blur"],
     }  # fmt: skip
     recipe = load_recipe(str(out))
-    assert set(CAR_SPACE) <= set(recipe.settings)
-    CaRSettings.from_dict({**recipe.settings, "model": recipe.model})
+    assert set(SEARCH_SPACE) <= set(recipe.settings) and set(summary.space) == set(SEARCH_SPACE)
+    validate_settings("car", {**recipe.settings, "model": recipe.model})

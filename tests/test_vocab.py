@@ -31,7 +31,7 @@ def test_background_directive_replaces_default_words() -> None:
         ("cat\nkitty: Cat\n", "appears twice"),
         (": a, b\n", "without a class name"),
         ("x" * 500 + "\n", "characters long"),
-        ("sky\n", "also classes"),
+        ("sky\n!background: sky, wall\n", "also classes"),
     ],
 )
 def test_bad_vocabularies_are_usage_errors(text: str, message: str) -> None:

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from autolabel.writers.atomic import atomic_write_text
+from autolabel.io.atomic import atomic_write_text
 
 
 def test_atomic_writes_get_ordinary_permissions(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "autolabel.cli.fiftyone",
     "autolabel.cli.labelstudio",
     "autolabel.cli.toyworld",
+    "autolabel.cli.evaluate",
 )
 
 err_console = Console(stderr=True, soft_wrap=True)
@@ -27,7 +28,9 @@ err_console = Console(stderr=True, soft_wrap=True)
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; errors become one clear message and an exit code."""
     args = sys.argv[1:] if argv is None else argv
+    # --debug is taken here, anywhere on the line, so no command has to declare it (apps.py).
     debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
     for name in COMMAND_MODULES:
         importlib.import_module(name)
     try:

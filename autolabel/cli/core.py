@@ -54,8 +54,10 @@ def run(
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
     method: Annotated[
-        str | None,
-        typer.Option("--method", "-m", help=f"car, pnp or fast (default: {DEFAULT_METHOD})"),
+        opt.MethodName | None,
+        typer.Option(
+            "--method", "-m", help=f"Method (default: the recipe's, else {DEFAULT_METHOD})."
+        ),
     ] = None,
     parity: Annotated[
         bool, typer.Option("--parity", help="CaR: reproduce the official code's quirks exactly.")
@@ -74,7 +76,6 @@ def run(
         bool,
         typer.Option("--overwrite", help="Replace a run with other settings in the output folder."),
     ] = False,
-    debug: opt.Debug = False,
 ) -> None:
     """Segment every image in IMAGES into the vocabulary's classes; write COCO, PNGs, manifest."""
     # Every option, the shared ones included, reaches the config by name through ctx.params.
@@ -85,8 +86,8 @@ def run(
 
 
 def run_with_progress(config: RunConfig) -> RunSummary:
-    """Run a job under a Rich progress bar (images/s and ETA)."""
-    from autolabel.runner import run_job
+    """Run a job through the Python API under a Rich progress bar (images/s and ETA)."""
+    from autolabel.api import Labeler
 
     columns = (
         TextColumn("[bold]labelling"),
@@ -110,7 +111,15 @@ def run_with_progress(config: RunConfig) -> RunSummary:
         bar.update(task, rate=f"{speed:.2f} img/s" if speed else "")
 
     try:
-        return run_job(config, progress=advance)
+        return Labeler.from_config(config, lazy=True).label_folder(
+            config.images,
+            config.out,
+            previews=config.previews,
+            resume=config.resume,
+            overwrite=config.overwrite,
+            batch_size=config.batch_size,
+            progress=advance,
+        )
     finally:
         bar.stop()
 
@@ -130,6 +139,8 @@ def print_summary(summary: RunSummary) -> None:
         console.print(table)
     if not summary.found:
         console.print("[yellow]no image files found[/] in the input folder", highlight=False)
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for label, rows in (
         ("[red]failed[/] ", summary.failed),
         ("[yellow]skipped[/]", summary.skipped),
@@ -149,29 +160,21 @@ def print_summary(summary: RunSummary) -> None:
 
 @app.command()
 def models() -> None:
-    """List methods, bundled recipes and the model names open_clip knows."""
-    import open_clip
-
-    from autolabel.methods.base import DESCRIPTIONS
+    """List methods, bundled recipes and the CLIP models autolabel can run."""
+    from autolabel.methods.base import METHODS
+    from autolabel.models.clip import supported_models
 
     table = Table("method", "what it does", title="methods")
-    for name, text in DESCRIPTIONS.items():
-        table.add_row(name + (" (default)" if name == DEFAULT_METHOD else ""), text)
+    for name, spec in METHODS.items():
+        table.add_row(name + (" (default)" if name == DEFAULT_METHOD else ""), spec.description)
     console.print(table)
     console.print("recipes: " + ", ".join(list_recipes()))
     console.print("'toy': the bundled toy-world model (offline; for the demo and tests)")
-    tags = Table("open_clip model", "pretrained tags", title="--model / --pretrained")
-    for name, tag_list in _group_pretrained(open_clip.list_pretrained()).items():
-        tags.add_row(name, ", ".join(tag_list))
+    tags = Table("open_clip model (plain ViT)", "pretrained tags", title="--model / --pretrained")
+    for name, tag_list in supported_models():
+        tags.add_row(name, ", ".join(tag_list) or "none: weights with --checkpoint")
     console.print(tags)
     console.print(
         "PnP-OVSS: any Hugging Face BLIP/BridgeTower ITM id (default "
         "Salesforce/blip-itm-large-flickr) or a save_pretrained folder."
     )
-
-
-def _group_pretrained(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for name, tag in pairs:
-        grouped.setdefault(name, []).append(tag)
-    return grouped

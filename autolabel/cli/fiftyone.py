@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from autolabel.cli import options as opt
 from autolabel.cli.apps import push_app
 from autolabel.errors import UsageError
 
@@ -27,7 +26,6 @@ def push_fiftyone(
     field: Annotated[
         str, typer.Option("--field", help="Field prefix: <field>_instances, <field>_semantic.")
     ] = "autolabel",
-    debug: opt.Debug = False,
 ) -> None:
     """Add the run's images as samples with instance masks, semantic masks and provenance."""
     try:

@@ -43,10 +43,9 @@ def push_labelstudio(
         False, "--polygons", help="New projects also get PolygonLabels for reviewers."
     ),
     chunk_mb: float = typer.Option(16.0, "--chunk-mb", help="Largest request body, in MB."),
-    debug: opt.Debug = False,
 ) -> None:
     """Send a run's masks to Label Studio as tasks with brush pre-annotations (idempotent)."""
-    from autolabel.labelstudio.push import iter_summary_lines, push_run
+    from autolabel.sinks.labelstudio.push import iter_summary_lines, push_run
 
     with _bar("pushing") as advance:
         summary = push_run(
@@ -76,10 +75,9 @@ def pull_labelstudio(
     report: Path = typer.Option(
         None, "--report", help="Review report JSON (default: OUTPUT with .review.json)."
     ),
-    debug: opt.Debug = False,
 ) -> None:
     """Export reviewed annotations to COCO and report how much reviewers changed the masks."""
-    from autolabel.labelstudio.pull import pull_project, report_text
+    from autolabel.sinks.labelstudio.pull import pull_project, report_text
 
     with _bar("pulling", total=False) as advance:
         summary = pull_project(url, api_key, project, output, report, progress=advance)
@@ -92,7 +90,9 @@ def serve_labelstudio(
         "127.0.0.1", "--host", envvar="AUTOLABEL_HOST", help="Address to bind."
     ),
     port: int = typer.Option(9090, "--port", envvar="AUTOLABEL_PORT", help="Port to listen on."),
-    method: str = typer.Option(None, "--method", "-m", envvar="AUTOLABEL_METHOD", help="Method."),
+    method: opt.MethodName | None = typer.Option(
+        None, "--method", "-m", envvar="AUTOLABEL_METHOD", help="Method (default: the recipe's)."
+    ),
     recipe: str = typer.Option(
         None, "--recipe", "-r", envvar="AUTOLABEL_RECIPE", help="Recipe name or YAML path."
     ),
@@ -103,8 +103,17 @@ def serve_labelstudio(
     checkpoint: str = typer.Option(
         None, "--checkpoint", envvar="AUTOLABEL_CHECKPOINT", help="Local weights for --model."
     ),
-    device: str = typer.Option("auto", "--device", envvar="AUTOLABEL_DEVICE", help="Device."),
-    max_side: int = typer.Option(1024, "--max-side", envvar="AUTOLABEL_MAX_SIDE"),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        envvar="AUTOLABEL_DEVICE",
+        parser=opt.parse_device,
+        metavar=opt.DEVICES,
+        help="Where to run the model.",
+    ),
+    max_side: int = typer.Option(
+        1024, "--max-side", envvar="AUTOLABEL_MAX_SIDE", help=opt.MAX_SIDE_HELP
+    ),
     min_area: int = typer.Option(16, "--min-area", envvar="AUTOLABEL_MIN_AREA"),
     ls_url: str = typer.Option(
         None, "--label-studio-url", envvar="LABEL_STUDIO_URL", help="To fetch task images."
@@ -127,13 +136,13 @@ def serve_labelstudio(
         1, "--workers", envvar="AUTOLABEL_WORKERS", help="Predict requests run at once."
     ),
     log_level: str = typer.Option("INFO", "--log-level", envvar="LOG_LEVEL"),
-    debug: opt.Debug = False,
 ) -> None:
     """Serve autolabel as a Label Studio ML backend (model loaded once, at start)."""
-    from autolabel.backend.app import BackendServer, ServerLimits
-    from autolabel.backend.media import MediaResolver
-    from autolabel.backend.predictor import BackendOptions, Predictor
+    from autolabel.api import Labeler
     from autolabel.errors import UsageError
+    from autolabel.sinks.labelstudio.backend.app import BackendServer, ServerLimits
+    from autolabel.sinks.labelstudio.backend.media import MediaResolver
+    from autolabel.sinks.labelstudio.backend.predictor import SERVE_VOCABULARY, Predictor
 
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
@@ -149,7 +158,8 @@ def serve_labelstudio(
         media = MediaResolver(ls_url, api_key, document_root, tuple(allow_host))
     except ValueError as exc:
         raise UsageError(f"--label-studio-url: {exc}") from exc
-    options = BackendOptions(
+    labeler = Labeler(
+        SERVE_VOCABULARY,
         method=method,
         recipe=recipe,
         model=model,
@@ -158,9 +168,10 @@ def serve_labelstudio(
         device=device,
         max_side=max_side,
         min_area=min_area,
+        lazy=True,
     )
     console.print("loading the model ...")
-    predictor = Predictor(options, media)
+    predictor = Predictor(labeler, media)
     auth = (basic_auth_user, basic_auth_pass) if basic_auth_user is not None else None
     try:
         server = BackendServer((host, port), predictor, ServerLimits(predict_slots=workers), auth)

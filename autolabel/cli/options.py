@@ -1,23 +1,36 @@
 """Options that `run` and `tune` share, declared once, and the config built from them.
 
-Only Typer and the light autolabel.config are imported here, so `autolabel --help` stays fast.
+Only Typer and light autolabel modules are imported here, so `autolabel --help` stays fast.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
 from autolabel.config import JobConfig
+from autolabel.methods.base import METHODS
 
 Job = TypeVar("Job", bound=JobConfig)
 CHECKPOINTS = ("checkpoint", "classifier_checkpoint", "clip_checkpoint")
+# --method takes the registry's names: Typer shows them in help, completes and checks them.
+MethodName = Literal[tuple(METHODS)]
+DEVICES = "auto|cpu|cuda|cuda:N"
+
+
+def parse_device(value: str) -> str:
+    """A --device value: auto, cpu, cuda or cuda:N (whether it exists is checked at load)."""
+    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise typer.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
+
 
 Vocab = Annotated[Path, typer.Option("--vocab", "-v", help="Vocabulary file, one class a line.")]
 Recipe = Annotated[
@@ -48,10 +61,13 @@ Background = Annotated[
         "--background", help="Comma-separated background words (replaces the default list)."
     ),
 ]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Device = Annotated[
+    str,
+    typer.Option("--device", parser=parse_device, metavar=DEVICES, help="Where to run the models."),
+]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")]
-MaxSide = Annotated[int, typer.Option("--max-side", help="Process at most this many pixels.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+MAX_SIDE_HELP = "Longest image side, in pixels, to process at (larger images shrink)."
+MaxSide = Annotated[int, typer.Option("--max-side", help=MAX_SIDE_HELP)]
 
 # The options of every labelling job (name: type and option, default), as JobConfig names them.
 JOB_OPTIONS: dict[str, tuple[Any, Any]] = {

@@ -28,7 +28,9 @@ def tune(
         Path, typer.Argument(help="Folder of images to tune on (searched recursively).")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Recipe YAML to write.")],
-    method: Annotated[str, typer.Option("--method", "-m", help="pnp or car.")],
+    method: Annotated[
+        opt.MethodName, typer.Option("--method", "-m", help="Method to tune: pnp or car.")
+    ],
     budget: Annotated[
         int, typer.Option("--budget", help="Settings to evaluate, the default included.")
     ] = 20,
@@ -57,7 +59,6 @@ def tune(
     restart: Annotated[
         bool, typer.Option("--restart", help="Discard the log of an earlier search.")
     ] = False,
-    debug: opt.Debug = False,
 ) -> None:
     """Search a method's settings with a CLIP reward (no masks needed); write the best recipe.
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,143 +32,25 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from autolabel.errors import UsageError
 from autolabel.methods import gradcam
 from autolabel.methods.base import SegResult
-from autolabel.methods.prompts import check_prompt_kinds, visual_prompt
-from autolabel.models.clip import TOY_NAME, ClipModel, load_clip
+from autolabel.methods.prompts import visual_prompt
+from autolabel.methods.settings import CaRSettings
+from autolabel.models import vit
+from autolabel.models.clip import ClipModel, load_clip
 from autolabel.refine.crf import CRFParams, dense_crf
 from autolabel.vocab import VocabClass, Vocabulary
 
-# The classifier templates of every semantic-segmentation config (car.md §1.3); θ is
-# calibrated against the double softmax over these.
-SEMANTIC_TEMPLATES = (
-    "a clean origami {}.",
-    "a photo of a {}.",
-    "This is a photo of a {}",
-    "There is a {} in the scene",
-    "There is the {} in the scene",
-    "a photo of a {} in the scene",
-    "a photo of a small {}.",
-    "a photo of a medium {}.",
-    "a photo of a large {}.",
-    "This is a photo of a small {}.",
-    "This is a photo of a medium {}.",
-    "This is a photo of a large {}.",
-    "There is a small {} in the scene.",
-    "There is a medium {} in the scene.",
-    "There is a large {} in the scene.",
-)
-CAM_TEMPLATE = "a clean origami {}."  # CLIP-ES's template for background words (and quirk texts)
-CAM_TEXT_MODES = ("official", "template", "raw")
-CRF_IMAGE_MODES = ("rgb", "official")
-ENGINES = ("fast", "reference")
 # The official CRF feeds the bilateral kernel BGR minus this mean, wrapped to uint8 (§1.4).
 CRF_MEAN_BGR = (104.008, 116.669, 122.675)
-RANDOM_WEIGHTS = ("none", "random", "")
-
-
-@dataclass
-class CaRSettings:
-    """CaR settings; defaults are the general-purpose recipe (recipes/car.yaml)."""
-
-    model: str = "ViT-B-16"  # f, the proposal generator (paper: ViT-B/16)
-    pretrained: str | None = "openai"
-    checkpoint: str | None = None
-    classifier_model: str = "ViT-L-14"  # g, the mask classifier (paper: ViT-L/14)
-    classifier_pretrained: str | None = "openai"
-    classifier_checkpoint: str | None = None
-    parity: bool = False  # reproduce the official code's quirks (car.md §5.3)
-    mask_threshold: float = 0.4  # η: proposal binarisation for the visual prompt
-    confidence_threshold: float = 0.6  # θ: a query stays alive if P_ii > θ
-    clipes_threshold: float = 0.4  # λ: CLIP-ES box threshold (fraction of the CAM max)
-    # CLIP-ES's class-aware attention-affinity refinement of the Grad-CAMs (paper Table 2); a
-    # model whose attention is no affinity (the toy model) can use the Grad-CAMs as they are.
-    refine_cams: bool = True
-    # The official classifier skips its last block (θ is calibrated to that); a model whose
-    # penultimate features are not aligned with text can use every block.
-    classifier_skip_last: bool = True
-    visual_prompts: list[str] = field(default_factory=lambda: ["circle", "blur"])
-    templates: list[str] = field(default_factory=lambda: list(SEMANTIC_TEMPLATES))
-    cam_template: str = CAM_TEMPLATE
-    # Which string f's Grad-CAM targets: "official" = the raw query at step 1 and the templated
-    # one from step 2 on (the official code's quirk, kept: on the toy world the consistent
-    # variants were neither better nor worse); "template"/"raw" = the same string every step.
-    cam_text: str = "official"
-    crf_image: str = "rgb"  # "official": the wrapped mean-subtracted BGR image (parity quirk)
-    bg_factor: float = 1.0  # background unary = (1 - max proposal) ** bg_factor
-    # Pascal-Context-style two passes: these classes are segmented in a second pass whose
-    # background queries are the other classes, with their own prompts (car.md §1.2).
-    stuff_classes: list[str] = field(default_factory=list)
-    stuff_visual_prompts: list[str] = field(default_factory=lambda: ["blur", "gray"])
-    stuff_bg_factor: float = 1.0
-    queries: dict[str, str] = field(default_factory=dict)  # class name -> query string
-    cam_max_side: int | None = 1024  # bound on f's input side (the affinity costs n^3)
-    engine: str = "fast"  # "reference": the official cost structure, same outputs
-
-    @classmethod
-    def from_dict(cls, settings: dict[str, Any]) -> CaRSettings:
-        """Build from recipe/CLI settings, filling backbone defaults and rejecting bad values."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(settings) - known
-        if unknown:
-            raise UsageError(f"method car: unknown setting(s) {', '.join(sorted(unknown))}")
-        values = {k: v for k, v in settings.items() if v is not None}
-        values.setdefault("model", cls.model)
-        values["pretrained"] = _weights_tag(values, "model", "pretrained", "checkpoint")
-        # The toy world has one model; it plays both roles unless told otherwise.
-        values.setdefault(
-            "classifier_model", TOY_NAME if values["model"] == TOY_NAME else cls.classifier_model
-        )
-        values["classifier_pretrained"] = _weights_tag(
-            values, "classifier_model", "classifier_pretrained", "classifier_checkpoint"
-        )
-        values["parity"] = bool(values.get("parity", False))
-        if values["parity"]:
-            values.update(
-                cam_text="official", crf_image="official", cam_max_side=None,
-                classifier_skip_last=True, refine_cams=True,
-            )  # fmt: skip
-        out = cls(**values)
-        out._validate()
-        return out
-
-    def _validate(self) -> None:
-        for key in ("mask_threshold", "confidence_threshold", "clipes_threshold"):
-            value = getattr(self, key)
-            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                raise UsageError(f"method car: {key} must be a number in [0, 1], not {value!r}")
-        for key, allowed in (
-            ("cam_text", CAM_TEXT_MODES),
-            ("crf_image", CRF_IMAGE_MODES),
-            ("engine", ENGINES),
-        ):
-            if getattr(self, key) not in allowed:
-                raise UsageError(f"method car: {key} must be one of {', '.join(allowed)}")
-        self.visual_prompts = list(check_prompt_kinds(self.visual_prompts, "car visual_prompts"))
-        self.stuff_visual_prompts = list(
-            check_prompt_kinds(self.stuff_visual_prompts, "car stuff_visual_prompts")
-        )
-        for template in [*self.templates, self.cam_template]:
-            if not isinstance(template, str) or template.count("{}") != 1:
-                raise UsageError(f"method car: template {template!r} must contain one '{{}}'")
-        if not self.templates:
-            raise UsageError("method car: templates must not be empty")
-        if not isinstance(self.queries, dict):
-            raise UsageError("method car: queries must map class names to query strings")
-        if self.cam_max_side is not None and int(self.cam_max_side) < 32:
-            raise UsageError("method car: cam_max_side must be at least 32 pixels")
-
-
-def _weights_tag(values: dict[str, Any], model: str, tag: str, checkpoint: str) -> str | None:
-    """The pretrained tag: explicit ('none' = random weights), else 'openai' unless a local
-    checkpoint or the toy model supplies the weights."""
-    if tag in values:
-        value = str(values[tag])
-        return None if value.lower() in RANDOM_WEIGHTS else value
-    if values.get(checkpoint) or values[model] == TOY_NAME:
-        return None
-    return "openai"
+# What `autolabel tune` searches: eta / theta / lambda over the ranges of the paper's Table 5
+# and its per-dataset configs, and the prompt pairs its configs use (car.md §2.2).
+SEARCH_SPACE: dict[str, list[Any]] = {
+    "mask_threshold": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+    "confidence_threshold": [0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7],
+    "clipes_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+    "visual_prompts": [["circle", "blur"], ["blur", "gray"], ["circle"], ["blur"]],
+}
 
 
 @dataclass
@@ -381,12 +263,12 @@ def _classifier_embedding(
     pool_type "avg", e.g. the toy model) is pooled its own way.
     """
     visual = clip.model.visual
-    x = gradcam.embed_tokens(visual, pixels)
-    depth = gradcam.trunk_depth(visual, x.shape[1], settings.parity)
+    x = vit.embed_tokens(visual, pixels)
+    depth = vit.trunk_depth(visual, x.shape[1], settings.parity)
     if not settings.classifier_skip_last:
         depth = len(visual.transformer.resblocks)
     for block in visual.transformer.resblocks[:depth]:
-        x, _ = gradcam.block_forward(block, x, average=False)
+        x, _ = vit.block_with_attention(block, x, average=False)
     x = visual.ln_post(x)
     pooled = x[:, 1:].mean(dim=1) if getattr(visual, "pool_type", "tok") == "avg" else x[:, 0]
     feats = pooled @ visual.proj
@@ -435,8 +317,8 @@ class CaRSegmenter:
         self.g = load_clip(
             s.classifier_model, s.classifier_pretrained, s.classifier_checkpoint, device
         )
-        gradcam.check_plain_vit(self.f.model.visual, "proposal model (--model)")
-        gradcam.check_plain_vit(self.g.model.visual, "classifier (--classifier-model)")
+        vit.check_plain_vit(self.f.model.visual, "CaR's proposal model (--model)")
+        vit.check_plain_vit(self.g.model.visual, "CaR's classifier (--classifier-model)")
         engine = FastEngine if s.engine == "fast" else ReferenceEngine
         self.engine = engine(self.f, self.g, s)
 
@@ -444,7 +326,7 @@ class CaRSegmenter:
         """Settings and both backbones' provenance for run.json."""
         return {
             "method": self.name,
-            "settings": asdict(self.settings),
+            "settings": self.settings.to_json(),
             "backbone": {"name": self.f.name, "weights": self.f.source},
             "classifier": {"name": self.g.name, "weights": self.g.source},
         }
@@ -553,6 +435,11 @@ def _assemble(outputs: list[PassOutput], num_classes: int, size: tuple[int, int]
     return SegResult(labels=labels, scores=scores, probs=probs)
 
 
-def build(settings: dict[str, Any], device: str) -> CaRSegmenter:
-    """Factory for the method registry."""
-    return CaRSegmenter(CaRSettings.from_dict(settings), device)
+def build(settings: dict[str, Any] | CaRSettings, device: str) -> CaRSegmenter:
+    """Factory for the method registry (recipe settings are validated first)."""
+    return CaRSegmenter(CaRSettings.coerce(settings), device)
+
+
+def search_space(settings: CaRSettings, device: str) -> dict[str, list[Any]]:
+    """The values `autolabel tune` tries for each searched setting."""
+    return {k: list(v) for k, v in SEARCH_SPACE.items()}

@@ -8,7 +8,6 @@ class prompt and background word; softmax over all strings, max over each class'
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,54 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from autolabel.methods.base import SegResult
-from autolabel.models.clip import TOY_NAME, ClipModel, load_clip
-from autolabel.models.vit_dense import last_block_input, naclip_patches
+from autolabel.methods.settings import DenseSettings
+from autolabel.models.clip import ClipModel, load_clip
+from autolabel.models.vit import last_block_input, naclip_patches
 from autolabel.vocab import Vocabulary
-
-# The 7-template subset OpenAI selected for ImageNet zero-shot (CLIP notebook "prompt
-# engineering"); a recipe can pass the 80-template list or a single "{}".
-DEFAULT_TEMPLATES = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
-
-
-@dataclass
-class DenseSettings:
-    """Settings of the fast method; defaults follow the NACLIP evaluation harness (§2)."""
-
-    model: str = "ViT-B-16"
-    pretrained: str | None = "openai"
-    checkpoint: str | None = None
-    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    logit_scale: float = 40.0  # NACLIP's default
-    short_side: int | None = 336  # harness Resize(scale=(2048, 336)); None keeps the input size
-    window: int | None = None  # sliding-window crop; None = the model's input size
-    stride: int | None = None  # None = half the window
-    prob_threshold: float = 0.0  # pixels whose best class probability is below go to background
-    window_batch: int = 16  # crops per forward pass
-
-    @classmethod
-    def from_dict(cls, settings: dict[str, Any]) -> DenseSettings:
-        """Build from recipe settings, rejecting unknown keys by name."""
-        from autolabel.errors import UsageError
-
-        known = set(cls.__dataclass_fields__)
-        ignored = {"parity", "classifier_model", "classifier_pretrained", "classifier_checkpoint"}
-        unknown = set(settings) - known - ignored
-        if unknown:
-            raise UsageError(f"method fast: unknown setting(s) {', '.join(sorted(unknown))}")
-        values = {k: v for k, v in settings.items() if k in known}
-        if values.get("model") == TOY_NAME:
-            # The toy model reads toy scenes at its own 128 px input size; the real-photo default
-            # (short side to 336 px) cut its mIoU on 24 toy scenes from 0.86 to 0.33.
-            values.setdefault("short_side", None)
-        return cls(**values)
 
 
 class DenseCLIPSegmenter:
@@ -81,15 +36,13 @@ class DenseCLIPSegmenter:
         """Settings and backbone provenance for run.json."""
         return {
             "method": self.name,
-            "settings": asdict(self.settings),
+            "settings": self.settings.to_json(),
             "backbone": {"name": self.clip.name, "weights": self.clip.source},
         }
 
     def _text(self, vocab: Vocabulary) -> tuple[torch.Tensor, list[int]]:
-        """Embeddings of every class prompt then every background word, and each row's label."""
-        prompts = [p for c in vocab.classes for p in c.prompts] + list(vocab.background)
-        owners = [i + 1 for i, c in enumerate(vocab.classes) for _ in c.prompts]
-        owners += [0] * len(vocab.background)
+        """Embeddings of the vocabulary's prompt table, and each row's class id (0 = background)."""
+        prompts, owners = vocab.prompt_table()
         return self.clip.encode_templates(prompts, list(self.settings.templates)), owners
 
     @torch.no_grad()
@@ -184,6 +137,6 @@ def _windows(size: torch.Size, window: int, stride: int) -> list[tuple[int, int,
     return [(y, x, min(y + window, h), min(x + window, w)) for y in starts(h) for x in starts(w)]
 
 
-def build(settings: dict[str, Any], device: str) -> DenseCLIPSegmenter:
-    """Factory used by the method registry."""
-    return DenseCLIPSegmenter(DenseSettings.from_dict(settings), device)
+def build(settings: dict[str, Any] | DenseSettings, device: str) -> DenseCLIPSegmenter:
+    """Factory used by the method registry (recipe settings are validated first)."""
+    return DenseCLIPSegmenter(DenseSettings.coerce(settings), device)

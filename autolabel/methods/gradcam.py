@@ -11,6 +11,8 @@ CAM above λ·max.
 What is computed once here, and per query in the official code (§5.1): the trunk and the affinity
 run once per image (not once per step); all queries' gradients come from one batched
 vector-Jacobian product over a single forward of the last block; one matmul refines every query.
+The ViT surgery underneath (tokens at any patch grid, blocks that return their attention) lives
+in autolabel.models.vit.
 """
 
 from __future__ import annotations
@@ -21,110 +23,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from autolabel.errors import ModelLoadError
+from autolabel.models.vit import block_with_attention, embed_tokens, trunk_depth
 
 AFFINITY_LAYERS = 8  # CLIP-ES averages the attention of the last 8 blocks
 SINKHORN_ROUNDS = 3  # column- then row-normalisation, three times
-# The official ViT wrapper tells text from image tokens by the sequence length: a token
-# sequence of this length runs all blocks in the trunk (car.md §5.3); reproduced under parity.
-TEXT_CONTEXT = 77
 # Bound on the per-chunk autograd workspace of the batched Grad-CAM (heads x n x n per query).
 GRAD_CHUNK_BYTES = 512 * 2**20
-
-
-def check_plain_vit(visual: torch.nn.Module, role: str) -> None:
-    """Raise ModelLoadError unless `visual` is an open_clip ViT that CaR can run block by block."""
-    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-    needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "ln_post", "proj")
-    ok = blocks is not None and all(getattr(visual, n, None) is not None for n in needed)
-    ok = ok and getattr(visual, "attn_pool", None) is None
-    ok = ok and all(
-        isinstance(getattr(b, "attn", None), torch.nn.MultiheadAttention) and b.attn.batch_first
-        for b in blocks
-    )
-    if not ok:
-        raise ModelLoadError(
-            f"CaR's {role} needs a plain open_clip ViT CLIP (conv patch embedding, standard "
-            "attention blocks, class token, projection); this model is not one"
-        )
-
-
-def grid_size(visual: torch.nn.Module) -> tuple[int, int]:
-    """The positional-embedding grid the model was trained at."""
-    return tuple(int(g) for g in visual.grid_size)
-
-
-def position_embedding(visual: torch.nn.Module, grid: tuple[int, int]) -> torch.Tensor:
-    """(1 + h*w, C) positional embedding bilinearly resized to `grid`, rounded through fp16.
-
-    The official code resizes with F.upsample (align_corners False) and stores the result as
-    fp16 even on CPU (car.md addendum, item 1); the rounding is kept so outputs match.
-    """
-    pos = visual.positional_embedding
-    cls, patches = pos[:1], pos[1:]
-    channels = pos.shape[1]
-    trained = grid_size(visual)
-    patches = patches.T.reshape(1, channels, *trained)
-    patches = F.interpolate(patches, size=grid, mode="bilinear", align_corners=False)
-    patches = patches.reshape(channels, -1).T
-    return torch.cat([cls, patches]).half().to(pos.dtype)
-
-
-def embed_tokens(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """Normalised pixels (B, 3, H, W) -> tokens (B, 1 + n, C) entering the first block."""
-    x = visual.conv1(pixels)
-    grid = tuple(x.shape[-2:])
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1) + position_embedding(visual, grid).to(x.dtype)
-    return visual.ln_pre(x)
-
-
-def attention(
-    attn: torch.nn.MultiheadAttention, y: torch.Tensor, average: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Self-attention output and head-averaged weights (B, T, T), or None without `average`.
-
-    The arithmetic of nn.MultiheadAttention's need_weights=True path, which the official code
-    runs (packed in-projection, q scaled before q·kᵀ, explicit softmax), written out so that
-    torch's FLOP counter sees every product (the fused CPU kernel hides them).
-    """
-    b, t, c = y.shape
-    heads = attn.num_heads
-    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    q, k, v = (z.reshape(b, t, heads, c // heads).transpose(1, 2) for z in (q, k, v))
-    weights = (q * math.sqrt(1.0 / (c // heads)) @ k.transpose(-2, -1)).softmax(dim=-1)
-    out = F.linear((weights @ v).transpose(1, 2).reshape(b, t, c), attn.out_proj.weight,
-                   attn.out_proj.bias)  # fmt: skip
-    return out, weights.mean(dim=1) if average else None
-
-
-def block_forward(
-    block: torch.nn.Module,
-    x: torch.Tensor,
-    normed: torch.Tensor | None = None,
-    average: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One residual block; returns its output and its head-averaged attention (B, T, T).
-
-    `normed` is ln_1(x) when the caller needs that tensor (the Grad-CAM layer).
-    """
-    y = block.ln_1(x) if normed is None else normed
-    out, weights = attention(block.attn, y, average)
-    x = x + block.ls_1(out)
-    x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return x, weights
-
-
-def trunk_depth(visual: torch.nn.Module, tokens: int, parity: bool) -> int:
-    """How many blocks run before the last one: L-1, or L for the official length-77 quirk."""
-    layers = len(visual.transformer.resblocks)
-    return layers if parity and tokens == TEXT_CONTEXT else layers - 1
 
 
 @dataclass
@@ -168,7 +76,7 @@ def encode_cam_images(
     maps: list[torch.Tensor] = []
     for index in range(depth):
         block = visual.transformer.resblocks[index]
-        x, weights = block_forward(block, x, average=index >= first_kept)
+        x, weights = block_with_attention(block, x, average=index >= first_kept)
         if weights is not None:
             maps.append(weights)
     grid = (pixels.shape[-2] // visual.conv1.stride[0], pixels.shape[-1] // visual.conv1.stride[1])
@@ -206,7 +114,7 @@ def _last_block(
     """
     block = visual.transformer.resblocks[-1]
     normed = block.ln_1(image.tokens).detach().requires_grad_(True)
-    x, weights = block_forward(block, image.tokens, normed)
+    x, weights = block_with_attention(block, image.tokens, normed)
     pooled = visual.ln_post(x)[:, 1:].mean(dim=1) @ visual.proj
     pooled = pooled / pooled.norm(dim=-1, keepdim=True)
     probs = (logit_scale * pooled @ text.T).softmax(dim=-1)[0]

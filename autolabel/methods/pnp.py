@@ -10,7 +10,7 @@ are those of shared/reference/pnp_ovss.md.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,142 +21,17 @@ from scipy.ndimage import gaussian_filter
 
 from autolabel.errors import ModelLoadError, UsageError
 from autolabel.methods.base import SegResult
-from autolabel.methods.dense import DEFAULT_TEMPLATES
-from autolabel.models.blip import DEFAULT_BLIP, ItmModel, load_itm
+from autolabel.methods.settings import PnPSettings
+from autolabel.models.blip import ItmModel, load_itm
 from autolabel.models.clip import ClipModel, load_clip
-from autolabel.refine.crf import CRFParams, dense_crf
+from autolabel.models.zeroshot import clip_presence
+from autolabel.refine.crf import dense_crf
 from autolabel.vocab import Vocabulary
 
-# The updated code's dense-CRF constants (§1.7): Gaussian sxy 3 / compat 7, bilateral sxy 50,
-# srgb 5, compat 10, 10 mean-field iterations.
-PNP_CRF = CRFParams(
-    iterations=10,
-    gaussian_sxy=3.0,
-    gaussian_compat=7.0,
-    bilateral_sxy=50.0,
-    bilateral_srgb=5.0,
-    bilateral_compat=10.0,
-)
-SCHEDULES = ("fixed", "halving")
-FILLS = ("mean", "black")
-CLASS_FILTERS = ("clip", "all")
-# Keys the runner may pass to every method; pnp has no use for them.
-IGNORED_KEYS = {"parity", "classifier_model", "classifier_pretrained", "classifier_checkpoint"}
-
-
-@dataclass(frozen=True)
-class PnPSettings:
-    """Settings of the pnp method; each default cites where it comes from."""
-
-    model: str = DEFAULT_BLIP  # §1.1
-    resolution: int = 336  # updated code's image_size (§1.1); the CVPR-era code used 768
-    layer: int = 7  # --max_att_block_num 8, 0-based 7: the 8th of 12 text layers (§1.3)
-    head: int | None = 9  # --prune_att_head 9, 0-based (§1.3); None = mean over heads
-    threshold: float = 0.15  # Run_seg*.sh --threshold (§1.5)
-    blur_sigma: float = 0.05  # sigma = 0.05 * max(H, W) pixels (§1.6); 0 disables the blur
-    dropout_passes: int = 4  # updated code: 4 passes (§1.4); CVPR-era: 5
-    dropout_schedule: str = "fixed"  # fixed: dropout_patches per pass; halving: N/2^(t+1) (§1.4)
-    dropout_patches: int = 10  # save_len = 10 (§1.4)
-    drop_fill: str = "mean"  # mean: 0 after normalisation (updated); black: 0 before (CVPR-era)
-    normalize_passes: bool = False  # CVPR-era min-max normalised each pass's maps (§1.4)
-    first_pass_weight: float = 2.0  # both codes add pass 0 twice (§1.4)
-    prompt_prefix: str = "A picture of "  # §1.2
-    join_words: bool = True  # "potted plant" -> "pottedplant", as the authors' class lists (§1.2)
-    enc_token: bool = True  # BLIP: [ENC] replaces [CLS] as in LAVIS ITM (§1.2, §4.1)
-    class_filter: str = "clip"  # clip: CLIP presence filter; all: every class in the prompt
-    presence_threshold: float = 0.1  # CLIP probability a class needs to enter the prompt
-    clip_model: str = "ViT-B-16"
-    clip_pretrained: str | None = "openai"
-    clip_checkpoint: str | None = None
-    softmax: bool = True  # updated code: softmax over channels before the CRF unary (§1.7)
-    crf: CRFParams | None = PNP_CRF  # None: no CRF
-
-    @classmethod
-    def from_dict(cls, settings: dict[str, Any]) -> PnPSettings:
-        """Build from recipe settings; unknown keys and wrong types are UsageErrors."""
-        for key in ("pretrained", "checkpoint"):
-            if settings.get(key) is not None:
-                raise UsageError(
-                    f"method pnp: --{key} does not apply; pass a Hugging Face model id or a "
-                    "folder written by save_pretrained with --model"
-                )
-        known = {f.name for f in fields(cls)}
-        unknown = set(settings) - known - IGNORED_KEYS - {"pretrained", "checkpoint"}
-        if unknown:
-            raise UsageError(
-                f"method pnp: unknown setting(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        values = {k: v for k, v in settings.items() if k in known}
-        if "crf" in values:
-            values["crf"] = _crf_params(values["crf"])
-        defaults = cls()
-        for key, value in values.items():
-            _check_type(key, value, getattr(defaults, key))
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Range and choice checks that need no model."""
-        choices = {
-            "dropout_schedule": SCHEDULES,
-            "drop_fill": FILLS,
-            "class_filter": CLASS_FILTERS,
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise UsageError(
-                    f"method pnp: settings.{key} is {getattr(self, key)!r}; "
-                    f"choose one of {', '.join(allowed)}"
-                )
-        for key in ("threshold", "presence_threshold"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise UsageError(f"method pnp: settings.{key} must be between 0 and 1")
-        if self.blur_sigma < 0 or self.dropout_patches < 0 or self.first_pass_weight < 0:
-            raise UsageError(
-                "method pnp: blur_sigma, dropout_patches and first_pass_weight cannot be negative"
-            )
-        if self.dropout_passes < 1 or self.resolution < 1:
-            raise UsageError("method pnp: dropout_passes and resolution must be at least 1")
-
-
-def _crf_params(value: Any) -> CRFParams | None:
-    if value is False or value is None:
-        return None
-    if value is True:
-        return PNP_CRF
-    if not isinstance(value, dict):
-        raise UsageError("method pnp: settings.crf must be true, false or a mapping of CRF params")
-    known = {f.name for f in fields(CRFParams)}
-    unknown = set(value) - known
-    if unknown:
-        raise UsageError(
-            f"method pnp: unknown crf key(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-    merged = {**asdict(PNP_CRF), **value}
-    for key, default in asdict(PNP_CRF).items():
-        _check_type(f"crf.{key}", merged[key], default)
-    return CRFParams(**merged)
-
-
-# Settings that may also be null (YAML `~`): head = mean over heads; no CLIP weights.
-OPTIONAL_KEYS = {"head", "clip_pretrained", "clip_checkpoint"}
-
-
-def _check_type(key: str, value: Any, default: Any) -> None:
-    if isinstance(default, CRFParams) or (value is None and key in OPTIONAL_KEYS):
-        return
-    if default is None or isinstance(default, str):
-        expected: tuple[type, ...] = (str,)
-    elif isinstance(default, float):
-        expected = (int, float)
-    else:
-        expected = (type(default),)
-    if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
-        name = "number" if float in expected else expected[0].__name__
-        raise UsageError(f"method pnp: settings.{key} is {value!r}; expected a {name}")
+# What `autolabel tune` searches besides layer and head (which span the model): tau is the
+# paper's search grid (§2.2); blur (not searched by the paper) brackets its 0.05.
+SEARCH_THRESHOLDS = [0.05, 0.15, 0.25, 0.35, 0.45]
+SEARCH_BLURS = [0.03, 0.04, 0.05, 0.065, 0.08]
 
 
 # ----------------------------------------------------------------------------- prompt
@@ -360,47 +235,6 @@ def refine(maps: torch.Tensor, image: np.ndarray, cfg: PnPSettings) -> np.ndarra
     return channels / np.maximum(channels.sum(axis=0, keepdims=True), 1e-12)
 
 
-# ----------------------------------------------------------------- CLIP presence filter
-
-
-def clip_inputs(clip: ClipModel, images: list[np.ndarray]) -> torch.Tensor:
-    """Squash-resize each image to CLIP's input size: (B, 3, S, S) floats in [0, 1]."""
-    size = clip.image_size
-    arrays = [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images]
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
-    return batch.to(clip.device)
-
-
-@torch.no_grad()
-def clip_probabilities(
-    clip: ClipModel, normalized: torch.Tensor, text: torch.Tensor
-) -> torch.Tensor:
-    """Softmax over the text rows (M, D) for each normalised image (B, 3, S, S): (B, M)."""
-    feats = clip.model.encode_image(normalized).float()
-    feats = feats / feats.norm(dim=-1, keepdim=True)
-    scale = clip.model.logit_scale.exp().float() if hasattr(clip.model, "logit_scale") else 100.0
-    return (scale * feats @ text.T).softmax(dim=-1)
-
-
-def class_text(clip: ClipModel, vocab: Vocabulary) -> tuple[torch.Tensor, list[int]]:
-    """Template-averaged embeddings of every class prompt then every background word, and the
-    class index (1-based; 0 = background word) of each row."""
-    words = [p for c in vocab.classes for p in c.prompts] + list(vocab.background)
-    owners = [i + 1 for i, c in enumerate(vocab.classes) for _ in c.prompts]
-    owners += [0] * len(vocab.background)
-    return clip.encode_templates(words, list(DEFAULT_TEMPLATES)), owners
-
-
-def clip_presence(clip: ClipModel, images: list[np.ndarray], vocab: Vocabulary) -> np.ndarray:
-    """Image-level probability of each class (B, K): CLIP's softmax over every class prompt and
-    background word, summed over each class's prompts."""
-    text, owners = class_text(clip, vocab)
-    probs = clip_probabilities(clip, clip.normalize(clip_inputs(clip, images)), text)
-    owner = torch.tensor(owners, device=probs.device)
-    per_class = torch.stack([probs[:, owner == k + 1].sum(dim=1) for k in range(len(vocab))], dim=1)
-    return per_class.cpu().numpy()
-
-
 # ---------------------------------------------------------------------- the method
 
 
@@ -448,7 +282,7 @@ class PnPSegmenter:
         """Settings and model provenance for run.json."""
         info: dict[str, Any] = {
             "method": self.name,
-            "settings": asdict(self.cfg),
+            "settings": self.cfg.to_json(),
             "backbone": {"name": self.itm.name, "kind": self.itm.kind},
         }
         if self.clip is not None:
@@ -534,6 +368,18 @@ class PnPSegmenter:
         )
 
 
-def build(settings: dict[str, Any], device: str) -> PnPSegmenter:
-    """Factory used by the method registry."""
-    return PnPSegmenter(PnPSettings.from_dict(settings), device)
+def build(settings: dict[str, Any] | PnPSettings, device: str) -> PnPSegmenter:
+    """Factory used by the method registry (recipe settings are validated first)."""
+    return PnPSegmenter(PnPSettings.coerce(settings), device)
+
+
+def search_space(settings: PnPSettings, device: str) -> dict[str, list[Any]]:
+    """The values `autolabel tune` tries for each searched setting (loads the ITM model)."""
+    itm = load_itm(settings.model, device)
+    return {
+        # The last layer gives class tokens no gradient (pnp_ovss.md §4.3).
+        "layer": list(range(itm.num_layers - 1)),
+        "head": list(range(itm.num_heads)),
+        "threshold": list(SEARCH_THRESHOLDS),
+        "blur_sigma": list(SEARCH_BLURS),
+    }

@@ -1,8 +1,9 @@
 """CaR's visual prompts: mark a mask proposal on the image so that CLIP judges that region.
 
 The official code (car.md §1.3, paper Algorithm B) draws with OpenCV on the RGB array in a fixed
-order whatever order the recipe lists them in: blur, gray, black, circle, rectangle, contour. We
-draw with the same OpenCV calls so prompted images are pixel-identical to the official ones.
+order whatever order the recipe lists them in: blur, gray, black, circle, rectangle, contour (the
+kinds a recipe may list: autolabel.methods.settings.PromptKind). We draw with the same OpenCV
+calls so prompted images are pixel-identical to the official ones.
 """
 
 from __future__ import annotations
@@ -13,24 +14,8 @@ import cv2
 import numpy as np
 from scipy.ndimage import binary_fill_holes
 
-from autolabel.errors import UsageError
-
-PROMPT_KINDS = ("blur", "gray", "black", "circle", "rectangle", "contour")
 PROMPT_COLOR = (255, 0, 0)  # red in RGB
 BLUR_KERNEL = (15, 15)  # sigma 0: OpenCV derives 2.6 from the kernel size
-
-
-def check_prompt_kinds(kinds: Sequence[str], option: str) -> tuple[str, ...]:
-    """Validate a list of prompt names from a recipe; UsageError names the option."""
-    if isinstance(kinds, str) or not kinds:
-        raise UsageError(f"{option}: give a non-empty list of visual prompts ({PROMPT_KINDS})")
-    unknown = [k for k in kinds if k not in PROMPT_KINDS]
-    if unknown:
-        raise UsageError(
-            f"{option}: unknown visual prompt(s) {', '.join(map(str, unknown))}; "
-            f"choose from {', '.join(PROMPT_KINDS)}"
-        )
-    return tuple(kinds)
 
 
 def mask_geometry(mask: np.ndarray) -> tuple[int, int, int, int]:

@@ -17,9 +17,9 @@ import torch
 
 from autolabel.errors import ModelLoadError
 from autolabel.models.checkpoints import create_from_checkpoint, wants_quick_gelu
+from autolabel.toyworld import TOY_NAME
 
 TOY_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
-TOY_NAME = "toy"
 # OpenAI's CLIP image normalisation; open_clip models carry their own in preprocess_cfg.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -110,6 +110,103 @@ def resolve_device(device: str) -> torch.device:
         raise UsageError(f"--device {device!r} is not a device name (auto, cpu, cuda:N)") from exc
 
 
+# Vision-tower settings autolabel's ViT code does not implement: it runs open_clip's standard
+# attention blocks by hand (models/vit.py, methods/gradcam.py: no layer scale, no custom
+# attention) and reads every token out through ln_post and proj (no attentional pooler, no
+# LayerNorm after pooling, no (pooled, tokens) output).
+UNSUPPORTED_VISION = {
+    "attentional_pool": "attentional pooling",
+    "final_ln_after_pool": "LayerNorm after pooling",
+    "ls_init_value": "layer scale",
+    "output_tokens": "token outputs",
+    "qk_norm": "custom attention blocks",
+    "scaled_cosine_attn": "custom attention blocks",
+    "scale_heads": "custom attention blocks",
+    "scale_attn_inner": "custom attention blocks",
+    "scale_attn": "custom attention blocks",
+    "scale_fc": "custom attention blocks",
+}
+
+
+def check_model_name(name: str, option: str = "--model") -> None:
+    """Raise UsageError unless `name` is a CLIP backbone autolabel can run (before any load).
+
+    name: "toy", an open_clip model name or the path of an open_clip model config .json; only
+    the config is read, no model is built and no weights are fetched.
+    """
+    from autolabel.errors import UsageError
+
+    if name == TOY_NAME:
+        return
+    config = _read_config(Path(name), option) if name.endswith(".json") else _known_config(name)
+    if config is None:
+        raise UsageError(
+            f"{option} {name}: unknown model; `autolabel models` lists the models autolabel runs"
+        )
+    problem = _unsupported(config)
+    if problem:
+        raise UsageError(
+            f"{option} {name}: {problem}; autolabel runs plain ViT CLIP models only, "
+            "`autolabel models` lists them"
+        )
+
+
+def supported_models() -> list[tuple[str, list[str]]]:
+    """The open_clip models check_model_name accepts, each with its pretrained tags."""
+    import open_clip
+
+    return [
+        (name, open_clip.list_pretrained_tags_by_model(name))
+        for name in open_clip.list_models()
+        if name != TOY_NAME and not _unsupported(open_clip.get_model_config(name))
+    ]
+
+
+def _known_config(name: str) -> dict | None:
+    """open_clip's config of a model it lists (other names would be fetched from the hub)."""
+    import open_clip
+
+    return open_clip.get_model_config(name) if name in open_clip.list_models() else None
+
+
+def _read_config(path: Path, option: str) -> dict:
+    import json
+
+    from autolabel.errors import UsageError
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UsageError(f"{option} {path}: no such model config file") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{option} {path}: not an open_clip model config ({exc})") from exc
+    if not isinstance(config, dict):
+        raise UsageError(f"{option} {path}: not an open_clip model config (not a JSON object)")
+    return config
+
+
+def _unsupported(config: dict) -> str | None:
+    """Why autolabel cannot run a model config, or None for a plain ViT CLIP."""
+    vision = config.get("vision_cfg")
+    if not isinstance(vision, dict):
+        return "no vision_cfg, not an open_clip model config"
+    if vision.get("timm_model_name"):
+        return f"a timm backbone ({vision['timm_model_name']}), not a ViT"
+    layers = vision.get("layers")
+    if isinstance(layers, list | tuple):
+        return "a ResNet, not a ViT"
+    if not isinstance(layers, int) or "patch_size" not in vision:
+        return "not a ViT (needs whole-number layers and a patch_size)"
+    if "multimodal_cfg" in config:
+        return "a CoCa captioning model"
+    problems = {label for key, label in UNSUPPORTED_VISION.items() if vision.get(key)}
+    if vision.get("block_type") not in (None, "default"):
+        problems.add("custom attention blocks")
+    if vision.get("pool_type", "tok") not in ("tok", "avg"):
+        problems.add(f"pool_type {vision['pool_type']!r}")
+    return f"a ViT with {', '.join(sorted(problems))}" if problems else None
+
+
 def cache_dir() -> Path:
     """Where downloaded weights go (the Hugging Face hub cache that open_clip uses)."""
     hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
@@ -131,8 +228,10 @@ def _register_toy() -> None:
 
 def offline_message(subject: str, exc: BaseException, fix: str, unknown: str = "tag") -> str:
     """The one wording every model loader uses when weights cannot be fetched."""
+    # Hub errors often end their text with a period already.
+    reason = str(exc).strip().rstrip(". \t\r\n") or type(exc).__name__
     return (
-        f"could not fetch weights for {subject}: {exc}.\n"
+        f"could not fetch weights for {subject}: {reason}.\n"
         f"autolabel downloads weights on first use into {cache_dir()}; this machine seems to be "
         f"offline or the {unknown} is unknown.\n"
         f"Fix: {fix}"
@@ -156,9 +255,10 @@ def _offline_message(name: str, pretrained: str, exc: BaseException) -> str:
     return offline_message(
         f"model {name!r} (pretrained={pretrained!r})",
         exc,
-        "download the checkpoint on a connected machine and pass it with "
-        "--checkpoint PATH (an open_clip .pt/.bin/.safetensors or an OpenAI-CLIP state dict), "
-        "or copy that cache folder here; `autolabel models` lists names and tags.",
+        "download the checkpoint on a connected machine and pass it with --checkpoint PATH "
+        "for --model, or --classifier-checkpoint PATH for --classifier-model (CaR's "
+        "classifier); an open_clip .pt/.bin/.safetensors or an OpenAI-CLIP state dict. Or "
+        "copy that cache folder here. `autolabel models` lists names and tags.",
     )
 
 

@@ -1,0 +1,1 @@
+"""Annotation platforms: each sink turns Instances into its platform's shape and nothing else."""

@@ -7,27 +7,27 @@ key recording the settings that produced it (`dataset.get_run_info(key).config`)
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fiftyone as fo
 import numpy as np
 from fiftyone.core.collections import SampleCollection
 
 from autolabel import __version__
-from autolabel.config import ResolvedRun
-from autolabel.errors import UsageError
-from autolabel.images import ImageEntry, LoadError, load_image
-from autolabel.instances import Instance, semantic_from_instances
-from autolabel.methods.base import build_segmenter
-from autolabel.resize import resize_labels
-from autolabel.runner import label_loaded, package_versions
-from autolabel.vocab import Vocabulary
+from autolabel.errors import ImageError, UsageError
+from autolabel.instances import Instances, class_ious
+from autolabel.io.images import ImageEntry, LoadedImage, load_image
+from autolabel.io.resize import resize_labels
+from autolabel.io.run_folder import read_run
+from autolabel.provenance import package_versions
+
+if TYPE_CHECKING:
+    from autolabel.api import Labeler
 
 INSTANCES_SUFFIX = "_instances"
 SEMANTIC_SUFFIX = "_semantic"
@@ -47,23 +47,21 @@ def field_names(field_prefix: str) -> tuple[str, str]:
     return field_prefix + INSTANCES_SUFFIX, field_prefix + SEMANTIC_SUFFIX
 
 
-def to_detections(
-    instances: list[Instance], names: list[str], size: tuple[int, int]
-) -> fo.Detections:
+def to_detections(instances: Instances) -> fo.Detections:
     """Instances as FiftyOne detections: relative boxes, masks cropped to the box, confidence.
 
     The crop and box follow FiftyOne's own COCO importer, so a pushed run and an imported
     annotations.json hold identical masks.
     """
-    height, width = size
+    height, width = instances.size
     detections = []
     for inst in instances:
         x, y, w, h = (round(v) for v in inst.bbox)
         detections.append(
             fo.Detection(
-                label=names[inst.category_id - 1],
+                label=instances.names[inst.category_id - 1],
                 bounding_box=[x / width, y / height, w / width, h / height],
-                mask=inst.mask()[y : y + h, x : x + w],
+                mask=inst.mask[y : y + h, x : x + w],
                 confidence=inst.score,
             )
         )
@@ -89,11 +87,9 @@ def detection_mask(detection: fo.Detection, size: tuple[int, int]) -> np.ndarray
     return full
 
 
-def to_segmentation(instances: list[Instance], size: tuple[int, int]) -> fo.Segmentation:
+def to_segmentation(instances: Instances) -> fo.Segmentation:
     """The semantic label map of the instances (the run's masks/*.png), stored in the database."""
-    labels = semantic_from_instances(instances, size)
-    top = int(labels.max()) if labels.size else 0
-    return fo.Segmentation(mask=labels.astype(np.uint8 if top < 256 else np.uint16))
+    return fo.Segmentation(mask=instances.label_map)
 
 
 def record_run(
@@ -140,38 +136,6 @@ def open_dataset(name: str, persistent: bool = False) -> fo.Dataset:
 
 
 @dataclass
-class RunOutput:
-    """What push reads from an `autolabel run` folder."""
-
-    info: dict[str, Any]  # run.json
-    names: list[str]  # category names, id = index + 1
-    images: list[dict[str, Any]]  # COCO image records
-    annotations: dict[int, list[dict[str, Any]]]  # image id -> its annotations
-
-
-def read_run(out: Path) -> RunOutput:
-    """Read run.json and annotations.json, with errors that name the file."""
-    data = {}
-    for name in ("run.json", "annotations.json"):
-        path = out / name
-        if not path.is_file():
-            raise UsageError(f"{out}: no {name}; is this an `autolabel run` output folder?")
-        try:
-            data[name] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise UsageError(f"{path}: cannot read it ({exc})") from exc
-    coco = data["annotations.json"]
-    try:
-        categories = sorted(coco["categories"], key=lambda c: c["id"])
-        by_image: dict[int, list[dict[str, Any]]] = {img["id"]: [] for img in coco["images"]}
-        for ann in coco["annotations"]:
-            by_image[ann["image_id"]].append(ann)
-    except (KeyError, TypeError) as exc:
-        raise UsageError(f"{out / 'annotations.json'}: not a COCO file ({exc!r})") from exc
-    return RunOutput(data["run.json"], [c["name"] for c in categories], coco["images"], by_image)
-
-
-@dataclass
 class PushSummary:
     """What a push did."""
 
@@ -192,41 +156,38 @@ def push_run(
     """
     instances_field, semantic_field = field_names(field_prefix)
     run = read_run(out)
-    root = Path(run.info.get("images_root", ""))
+    root = run.images_root
     if not root.is_absolute() or not root.is_dir():
         raise UsageError(
             f"{out / 'run.json'}: images folder {str(root)!r} does not exist any more; "
             "the samples must point at the images"
         )
     dataset = open_dataset(dataset_name, persistent)
-    present: list[tuple[str, dict[str, Any]]] = []
+    present = []
     missing = []
     for image in run.images:
-        path = os.path.normpath(root / image["file_name"])
+        path = os.path.normpath(root / image.file_name)
         if os.path.isfile(path):
             present.append((path, image))
         else:
-            missing.append(image["file_name"])
+            missing.append(image.file_name)
     known = set(dataset.values("filepath"))
     new = [
-        fo.Sample(
-            filepath=path, metadata=fo.ImageMetadata(width=image["width"], height=image["height"])
-        )
+        fo.Sample(filepath=path, metadata=fo.ImageMetadata(width=image.width, height=image.height))
         for path, image in present
         if path not in known
     ]
     if new:
         dataset.add_samples(new)
-    _declare_fields(dataset, field_prefix, run.names)
+    _declare_fields(dataset, field_prefix, run.vocabulary.names)
     instance_count = 0
     for start in range(0, len(present), WRITE_CHUNK):
         detections, semantic = {}, {}
         for path, image in present[start : start + WRITE_CHUNK]:
-            size = (image["height"], image["width"])
-            instances = [Instance.from_dict(a) for a in run.annotations[image["id"]]]
+            instances = image.instances
             instance_count += len(instances)
-            detections[path] = to_detections(instances, run.names, size)
-            semantic[path] = to_segmentation(instances, size)
+            detections[path] = to_detections(instances)
+            semantic[path] = to_segmentation(instances)
         dataset.set_values(instances_field, detections, key_field="filepath")
         dataset.set_values(semantic_field, semantic, key_field="filepath")
     provenance = {
@@ -270,32 +231,27 @@ class SegmentProgress:
 
 def segment_samples(
     collection: SampleCollection,
-    vocab: Vocabulary,
-    resolved: ResolvedRun,
+    labeler: Labeler,
     field_prefix: str = "autolabel",
     *,
-    device: str = "auto",
     overwrite: bool = False,
     batch_size: int = 1,
-    max_side: int = 1024,
-    min_area: int = 16,
 ) -> Iterator[SegmentProgress]:
-    """Segment the collection's images into <prefix>_instances and <prefix>_semantic.
+    """Segment the collection's images with a Labeler into <prefix>_instances and _semantic.
 
-    Yields progress after each batch, whose results are already saved, so stopping loses
-    nothing. Samples that have the instances field are skipped unless overwrite; a failed image
-    keeps no field, so a rerun retries it.
+    The Labeler brings the method, models, vocabulary and sizes. Yields progress after each
+    batch, whose results are already saved, so stopping loses nothing. Samples that have the
+    instances field are skipped unless overwrite; a failed image keeps no field, so a rerun
+    retries it.
     """
     instances_field, semantic_field = field_names(field_prefix)
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
-    if resolved.background is not None:
-        vocab = vocab.with_background(tuple(resolved.background))
+    vocab = labeler.vocabulary
     target = collection if overwrite else collection.exists(instances_field, False)
     ids, paths = target.values(["id", "filepath"])
     progress = SegmentProgress(0, len(ids))
     dataset = _root(collection)
-    segmenter = build_segmenter(resolved.method, resolved.settings, device) if ids else None
     _declare_fields(dataset, field_prefix, vocab.names)
     for start in range(0, len(ids), batch_size):
         batch = list(
@@ -303,34 +259,35 @@ def segment_samples(
         )
         # The sample id is the entry's key: a file may back several samples.
         loaded = [load_image(ImageEntry(0, Path(path), sample_id)) for sample_id, path in batch]
-        good = [item for item in loaded if not isinstance(item, LoadError)]
-        results = label_loaded(segmenter, good, vocab, max_side, min_area) if good else {}
+        good = [item for item in loaded if isinstance(item, LoadedImage)]
+        results = labeler.label_loaded(good) if good else {}
         detections, semantic = {}, {}
         for (sample_id, path), item in zip(batch, loaded, strict=True):
-            outcome = item.reason if isinstance(item, LoadError) else results[sample_id]
-            if isinstance(outcome, str):
-                progress.failed.append((path, outcome))
+            outcome = item if isinstance(item, ImageError) else results[sample_id]
+            if isinstance(outcome, ImageError):
+                progress.failed.append((path, outcome.reason))
                 continue
-            detections[sample_id] = to_detections(outcome.instances, vocab.names, item.size)
-            semantic[sample_id] = to_segmentation(outcome.instances, item.size)
+            detections[sample_id] = to_detections(outcome)
+            semantic[sample_id] = to_segmentation(outcome)
         if detections:
             dataset.set_values(instances_field, detections, key_field="id")
             dataset.set_values(semantic_field, semantic, key_field="id")
         progress.done += len(batch)
         yield progress
+    described = labeler.describe()
     record_run(
         dataset,
         field_prefix,
         {
-            "method": resolved.method,
-            "recipe": resolved.recipe,
-            "settings": resolved.settings,
-            "models": segmenter.describe() if segmenter is not None else {},
+            "method": described["method"],
+            "recipe": described["recipe"],
+            "settings": described["settings"],
+            "models": described["models"],
             "vocabulary": vocab.to_dict(),
             "versions": package_versions(),
             "source": "autolabel segment operator",
-            "max_side": max_side,
-            "min_area": min_area,
+            "max_side": labeler.max_side,
+            "min_area": labeler.min_area,
             "fields": [instances_field, semantic_field],
         },
         {
@@ -352,17 +309,6 @@ def label_classes(collection: SampleCollection, label_field: str) -> list[str]:
         return sorted(set(_mask_targets(collection, label_field).values()))
     path = f"{label_field}.{'detections' if kind is fo.Detections else 'polylines'}.label"
     return sorted(name for name in collection.distinct(path) if name)
-
-
-def class_ious(reference: np.ndarray, other: np.ndarray) -> dict[int, float]:
-    """IoU of each class present in either label map (0 is unlabelled and not a class)."""
-    ious = {}
-    for cls in np.union1d(np.unique(reference), np.unique(other)):
-        if cls == 0:
-            continue
-        a, b = reference == cls, other == cls
-        ious[int(cls)] = float((a & b).sum() / (a | b).sum())
-    return ious
 
 
 @dataclass

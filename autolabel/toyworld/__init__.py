@@ -7,3 +7,5 @@ methods that run on it.
 
 # The toy model's input size and the default scene size (here so the CLI reads it without numpy).
 DEFAULT_SIZE = 128
+# The bundled toy model's name wherever a backbone is named (--model toy); light to import.
+TOY_NAME = "toy"

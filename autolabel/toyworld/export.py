@@ -8,10 +8,10 @@ from pathlib import Path
 from PIL import Image
 
 from autolabel.errors import UsageError
+from autolabel.io.atomic import atomic_write_bytes, atomic_write_text
+from autolabel.io.png import write_label_png
 from autolabel.toyworld.scenes import BACKGROUND_WORDS, CLASSES, make_scene
 from autolabel.vocab import BACKGROUND_DIRECTIVE
-from autolabel.writers.atomic import atomic_write_bytes, atomic_write_text
-from autolabel.writers.png import write_label_png
 
 MAX_SCENES = 1_000_000
 

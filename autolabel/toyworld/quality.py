@@ -52,7 +52,6 @@ def score(method: str, scenes: Path, out: Path, device: str = "cpu") -> dict[str
         min_area=MIN_AREA,
         overwrite=True,
         resume=False,
-        progress=False,
     )
     summary = run_job(config)
     if summary.failed:

@@ -12,11 +12,10 @@ import torch.nn.functional as F
 
 from autolabel.evaluate import SegmentationScores
 from autolabel.models.clip import ClipModel
-from autolabel.models.vit_dense import last_block_input, naclip_patches, standard_patches
+from autolabel.models.vit import last_block_input, naclip_patches, standard_patches
+from autolabel.models.zeroshot import READOUT_TEMPLATES
 from autolabel.toyworld.scenes import BACKGROUND_WORDS, CLASSES, make_scene
 from autolabel.vocab import Vocabulary
-
-READOUT_TEMPLATES = ("a photo of a {}.",)
 
 
 def toy_vocabulary() -> Vocabulary:
@@ -30,9 +29,9 @@ def dense_logits(
 ) -> torch.Tensor:
     """(B, K + 1, H, W) logits at image size; channel 0 = best background word, each class = its
     best synonym. Images must share one size; they are resized to the model's input size."""
-    prompts = [p for c in vocab.classes for p in c.prompts]
-    owner = [i for i, c in enumerate(vocab.classes) for _ in c.prompts]
-    text = clip.encode_templates(prompts + list(vocab.background), list(READOUT_TEMPLATES))
+    table, owners = vocab.prompt_table()
+    text = clip.encode_templates(table, list(READOUT_TEMPLATES))
+    owner = [o - 1 for o in owners if o]  # 0-based class of each class prompt (they come first)
     h, w = images[0].shape[:2]
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().to(clip.device) / 255.0
     size = clip.image_size
@@ -48,8 +47,8 @@ def dense_logits(
     k = len(vocab.classes)
     per_class = torch.full((*sims.shape[:2], k), -torch.inf, device=sims.device)
     index = torch.tensor(owner, device=sims.device).expand(*sims.shape[:2], -1)
-    per_class = per_class.scatter_reduce(-1, index, sims[..., : len(prompts)], "amax")
-    bg = sims[..., len(prompts) :].amax(dim=-1, keepdim=True)
+    per_class = per_class.scatter_reduce(-1, index, sims[..., : len(owner)], "amax")
+    bg = sims[..., len(owner) :].amax(dim=-1, keepdim=True)
     logits = torch.cat([bg, per_class], dim=-1).transpose(1, 2).reshape(len(images), k + 1, *grid)
     return F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
 

@@ -27,17 +27,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autolabel.models.clip import OPENAI_MEAN, OPENAI_STD, TOY_DIR, TOY_NAME
-from autolabel.models.vit_dense import (
+from autolabel.io.atomic import atomic_open, atomic_write_json
+from autolabel.models.clip import OPENAI_MEAN, OPENAI_STD, TOY_DIR
+from autolabel.models.vit import (
     encode_text,
     last_block_input,
     naclip_patches,
     project_cls,
     standard_patches,
 )
+from autolabel.toyworld import TOY_NAME
 from autolabel.toyworld.scenes import BACKGROUND_WORDS, CLASSES, make_scene
 from autolabel.vocab import DEFAULT_BACKGROUND
-from autolabel.writers.atomic import atomic_open, atomic_write_json
 
 # The architecture is data: the bundled open_clip config (autolabel/assets/toy/toy.json). The
 # text tower is narrow because its token embedding has a row for each of the standard

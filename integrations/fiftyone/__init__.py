@@ -6,12 +6,15 @@ find_label_mistakes  score how much a reviewed field disagrees with autolabel's 
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from autolabel.api import Labeler
 from autolabel.config import DEFAULT_METHOD, list_recipes, resolve_method
 from autolabel.errors import UsageError
 from autolabel.methods.base import METHODS
@@ -219,24 +222,13 @@ def _run_segment(
 ) -> Iterator[Any]:
     """Drive segment_samples, reporting progress to the App or the delegated run."""
     params = ctx.params
-    resolved = resolve_method(
-        params.get("method") or None,
-        params.get("recipe") or None,
-        model=params.get("model") or None,
-        pretrained=params.get("pretrained") or None,
-        checkpoint=params.get("checkpoint") or None,
-    )
     progress = None
     for progress in segment_samples(
         target,
-        vocab,
-        resolved,
+        _labeler(params, vocab),
         prefix,
-        device=params.get("device") or "auto",
         overwrite=overwrite,
         batch_size=_number(params, "batch_size", 1),
-        max_side=_number(params, "max_side", 1024),
-        min_area=_number(params, "min_area", 16),
     ):
         fraction = progress.done / progress.total if progress.total else 1.0
         label = f"autolabel: {progress.done}/{progress.total} images"
@@ -247,6 +239,44 @@ def _run_segment(
     if progress is not None and progress.failed and not ctx.delegated:
         first = "; ".join(f"{path}: {reason}" for path, reason in progress.failed[:3])
         yield ctx.ops.notify(f"{len(progress.failed)} images failed ({first})", variant="warning")
+
+
+class _LastLabeler:
+    """The Labeler of the last run, kept with its models (the App or a delegated worker runs
+    many operations in one process); one at a time, so memory holds one set of models."""
+
+    lock = threading.Lock()
+    key: str | None = None
+    labeler: Labeler | None = None
+
+
+def _labeler(params: dict[str, Any], vocab: Vocabulary) -> Labeler:
+    """A Labeler for the form's options and this call's vocabulary, every option checked.
+
+    When the method, settings, device and sizes are those of the last run, its loaded models
+    are reused through `with_vocabulary`; otherwise the new Labeler loads them on first use.
+    """
+    labeler = Labeler(
+        vocab,
+        method=params.get("method") or None,
+        recipe=params.get("recipe") or None,
+        model=params.get("model") or None,
+        pretrained=params.get("pretrained") or None,
+        checkpoint=params.get("checkpoint") or None,
+        device=params.get("device") or "auto",
+        max_side=_number(params, "max_side", 1024),
+        min_area=_number(params, "min_area", 16),
+        lazy=True,
+    )
+    models = (labeler.method, labeler.settings, labeler.device, labeler.max_side, labeler.min_area)
+    key = json.dumps(models, sort_keys=True, default=str)
+    with _LastLabeler.lock:
+        last = _LastLabeler.labeler
+        if last is not None and _LastLabeler.key == key and last.loaded:
+            # The new Labeler's vocabulary has the recipe's background applied already.
+            return last.with_vocabulary(labeler.vocabulary)
+        _LastLabeler.key, _LastLabeler.labeler = key, labeler
+    return labeler
 
 
 def _number(params: dict[str, Any], key: str, default: int) -> int:

@@ -15,19 +15,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from autolabel.errors import UsageError
-from autolabel.writers.atomic import atomic_write_json
+from autolabel.io.atomic import atomic_write_json
+from autolabel.io.run_folder import OUTPUT_NAMES, STATE_DIR, TEMP_PREFIXES, TEMP_TREES
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; concurrent runs are the user's care there
     fcntl = None  # type: ignore[assignment]
 
-STATE_DIR = ".autolabel"
-# Files and folders a run writes; --overwrite removes exactly these and nothing else.
-OUTPUT_NAMES = ("annotations.json", "manifest.jsonl", "run.json", "masks", "previews", STATE_DIR)
-# Where a killed run can leave the temp files of atomic writes (".<name>.<random>.tmp") behind.
-TEMP_TREES = ("masks", "previews")
-TEMP_PREFIXES = tuple(f".{n}." for n in ("annotations.json", "manifest.jsonl", "run.json"))
 # What the identity keys mean, for the message that refuses a changed run.
 IDENTITY_WORDS = {
     "vocabulary": "vocabulary (classes, synonyms or background words)",
@@ -50,24 +45,16 @@ class RunStore:
         self._handle: IO[str] | None = None
         self._lock_fd: int | None = None
 
-    def open(
+    def check(
         self, identity: dict[str, Any], *, resume: bool, overwrite: bool
     ) -> dict[str, dict[str, Any]]:
-        """Lock and prepare the folder for this run; returns the latest ok record per file.
+        """Read-only: refuse a folder this run may not use; return the records a resume keeps.
 
         A folder written with another vocabulary/method/settings, or holding outputs autolabel
-        did not write, is refused unless overwrite. Without resume, earlier records are dropped.
+        did not write, is refused unless overwrite. Nothing is created or changed, so a run that
+        then fails to start (weights offline, a bad device) leaves the folder as it was.
         """
-        self._lock()
-        try:
-            return self._open(_plain(identity), resume=resume, overwrite=overwrite)
-        except BaseException:
-            self.close()
-            raise
-
-    def _open(
-        self, identity: dict[str, Any], *, resume: bool, overwrite: bool
-    ) -> dict[str, dict[str, Any]]:
+        identity = _plain(identity)
         previous = self._read_state()
         if previous is None:
             foreign = [n for n in OUTPUT_NAMES if (self.out / n).exists()]
@@ -83,20 +70,38 @@ class RunStore:
                 f"{self.out} holds a run made with a different {', '.join(changed)}; "
                 "use another --out folder, or --overwrite to replace that run"
             )
-        if overwrite or not resume or (previous is not None and previous != identity):
-            self.clear()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.state_path, identity)
-        self._truncate_torn_line()
-        self._remove_temp_files()
+        if overwrite or not resume or previous != identity:
+            return {}
         finished: dict[str, dict[str, Any]] = {}
         for _, rec in self._scan():
             if rec["status"] == "ok":
                 finished[rec["file"]] = {k: rec.get(k) for k in ("stamp", "mask")}
             else:
                 finished.pop(rec["file"], None)  # a later failure replaces an earlier success
-        self._handle = open(self.records_path, "a", encoding="utf-8")  # noqa: SIM115
         return finished
+
+    def open(
+        self, identity: dict[str, Any], *, resume: bool, overwrite: bool
+    ) -> dict[str, dict[str, Any]]:
+        """Lock and prepare the folder for this run (checks as `check` does); returns the same.
+
+        Without resume, or with overwrite, earlier records and outputs are removed.
+        """
+        self._lock()
+        try:
+            previous = self._read_state()
+            finished = self.check(identity, resume=resume, overwrite=overwrite)
+            if overwrite or not resume or previous != _plain(identity):
+                self.clear()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.state_path, _plain(identity))
+            self._truncate_torn_line()
+            self._remove_temp_files()
+            self._handle = open(self.records_path, "a", encoding="utf-8")  # noqa: SIM115
+            return finished
+        except BaseException:
+            self.close()
+            raise
 
     def clear(self) -> None:
         """Remove everything a previous run wrote in the folder (and only that)."""
@@ -135,13 +140,22 @@ class RunStore:
                 yield json.loads(handle.readline())
 
     def _scan(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(byte offset, record) for every line of the records file."""
+        """(byte offset, record) for every whole line of the records file.
+
+        A last line that a crash left torn is not a record (open() cuts it off).
+        """
         if not self.records_path.exists():
             return
         with open(self.records_path, "rb") as handle:
             offset = 0
             for line in handle:
-                yield offset, json.loads(line)
+                try:
+                    record = json.loads(line) if line.endswith(b"\n") else None
+                except ValueError:
+                    record = None
+                if record is None:
+                    return
+                yield offset, record
                 offset += len(line)
 
     def _lock(self) -> None:

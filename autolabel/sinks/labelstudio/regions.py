@@ -10,8 +10,8 @@ from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image, ImageDraw
 
 from autolabel.errors import UsageError
-from autolabel.instances import Instance
-from autolabel.labelstudio.config import LabelTarget
+from autolabel.instances import Instances
+from autolabel.sinks.labelstudio.config import LabelTarget
 
 # LS paints brush strokes into the alpha channel; anti-aliased edges count when at least half on.
 ALPHA_ON = 128
@@ -40,18 +40,18 @@ def brush_region(
     }
 
 
-def make_prediction(
-    instances: Sequence[Instance], labels: Sequence[str], target: LabelTarget, model_version: str
-) -> dict:
-    """A prediction with one brush region per instance; labels[k-1] names category k.
+def make_prediction(instances: Instances, target: LabelTarget, model_version: str) -> dict:
+    """A prediction with one brush region per instance, labelled with the container's names.
 
-    The task score is the mean region score (0 without regions), so LS can sort tasks by it.
+    The names must be the project's labels (see match_vocabulary). The task score is the mean
+    region score (0 without regions), so LS can sort tasks by it.
     """
+    names = instances.names
     result = [
-        brush_region(inst.mask(), labels[inst.category_id - 1], target, inst.score, f"al{i}")
+        brush_region(inst.mask, names[inst.category_id - 1], target, inst.score, f"al{i}")
         for i, inst in enumerate(instances)
     ]
-    score = float(np.mean([inst.score for inst in instances])) if instances else 0.0
+    score = float(np.mean([inst.score for inst in instances])) if len(instances) else 0.0
     return {"model_version": model_version, "score": round(score, 6), "result": result}
 
 

@@ -23,9 +23,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from autolabel import __version__
-from autolabel.backend.predictor import ConfigError, Predictor
+from autolabel.sinks.labelstudio.backend.predictor import ConfigError, Predictor
 
-log = logging.getLogger("autolabel.backend")
+log = logging.getLogger("autolabel.sinks.labelstudio.backend")
 
 MODEL_CLASS = "AutolabelBackend"
 DRAIN_LIMIT_BYTES = 16 * 1024 * 1024

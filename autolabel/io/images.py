@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from autolabel.store import STATE_DIR
+from autolabel.errors import ImageError
+from autolabel.io.run_folder import STATE_DIR
 
 EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -51,12 +52,12 @@ class LoadedImage:
         return self.rgb.shape[0], self.rgb.shape[1]
 
 
-@dataclass(frozen=True)
-class LoadError:
-    """A file that could not be used, with the reason a person can act on."""
+class LoadError(ImageError):
+    """A file that could not be decoded, with the reason a person can act on."""
 
-    entry: ImageEntry
-    reason: str
+    def __init__(self, entry: ImageEntry, reason: str) -> None:
+        super().__init__(entry.rel, reason, "load")
+        self.entry = entry
 
 
 def scan_images(
@@ -199,7 +200,7 @@ def load_image(entry: ImageEntry) -> LoadedImage | LoadError:
             # Pillow warns from half of MAX_PIXELS on; the limit here is MAX_PIXELS itself.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(entry.path) as im:
-                return _decode(entry, im)
+                return decode_pil(entry, im)
     except Image.DecompressionBombError as exc:
         return LoadError(entry, f"image too large to decode safely ({exc})")
     except UnidentifiedImageError:
@@ -212,7 +213,8 @@ def load_image(entry: ImageEntry) -> LoadedImage | LoadError:
         return LoadError(entry, f"corrupt or truncated image ({type(exc).__name__}: {exc})")
 
 
-def _decode(entry: ImageEntry, im: Image.Image) -> LoadedImage | LoadError:
+def decode_pil(entry: ImageEntry, im: Image.Image) -> LoadedImage | LoadError:
+    """Decode an opened Pillow image to upright RGB uint8 (a LoadError when it cannot be)."""
     width, height = im.size
     if width < 1 or height < 1:
         return LoadError(entry, f"image has no pixels ({width}x{height})")

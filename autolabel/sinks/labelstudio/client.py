@@ -12,7 +12,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
 from autolabel.errors import AutolabelError, UsageError
-from autolabel.labelstudio.config import LabelTarget, find_target, parse_interface
+from autolabel.sinks.labelstudio.config import LabelTarget, find_target, parse_interface
 
 # Imports of big chunks can take a while on a busy server.
 TIMEOUT_S = 300.0

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import colorsys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from label_studio_sdk.label_interface import LabelInterface
 
 from autolabel.errors import UsageError
+from autolabel.io.png import class_colour
 from autolabel.vocab import DEFAULT_BACKGROUND, VocabClass, Vocabulary
 
 BRUSH_NAME = "brush"
@@ -37,11 +37,8 @@ class LabelTarget:
 
 
 def label_color(index: int) -> str:
-    """A display colour for the index-th class."""
-    if index < len(PALETTE):
-        return PALETTE[index]
-    r, g, b = colorsys.hsv_to_rgb((index * 0.618034) % 1.0, 0.75, 0.95)
-    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+    """The display colour of the index-th class: that of class id index + 1 in PNGs and previews."""
+    return "#" + bytes(class_colour(index + 1)).hex()
 
 
 def make_label_config(vocab: Vocabulary, polygons: bool = False) -> str:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from label_studio_sdk import LabelStudio
 
 from autolabel.errors import UsageError
-from autolabel.instances import Instance
-from autolabel.labelstudio.client import (
+from autolabel.io.run_folder import RunFolder, read_run
+from autolabel.provenance import model_version
+from autolabel.sinks.labelstudio.client import (
     Project,
     api_errors,
     connect,
@@ -25,9 +25,8 @@ from autolabel.labelstudio.client import (
     get_project,
     list_tasks,
 )
-from autolabel.labelstudio.config import make_label_config, match_vocabulary, parse_interface
-from autolabel.labelstudio.provenance import model_version
-from autolabel.labelstudio.regions import check_prediction, make_prediction
+from autolabel.sinks.labelstudio.config import make_label_config, match_vocabulary, parse_interface
+from autolabel.sinks.labelstudio.regions import check_prediction, make_prediction
 from autolabel.vocab import Vocabulary
 
 LOCAL_FILES_URL = "/data/local-files/?d="
@@ -35,69 +34,6 @@ LOCAL_FILES_URL = "/data/local-files/?d="
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 # Task data key holding where the image came from; pull uses it to name COCO images.
 META_KEY = "autolabel"
-
-
-@dataclass
-class RunImage:
-    """One image of a run folder with its instances."""
-
-    file_name: str
-    width: int
-    height: int
-    instances: list[Instance]
-
-
-@dataclass
-class RunOutput:
-    """What push needs from a run folder."""
-
-    out: Path
-    images_root: Path
-    vocab: Vocabulary
-    model_version: str
-    images: list[RunImage]
-
-
-def load_run(out: Path) -> RunOutput:
-    """Read run.json and annotations.json of an `autolabel run` output folder."""
-    info = _read_json(out / "run.json")
-    coco = _read_json(out / "annotations.json")
-    try:
-        vocab = Vocabulary.from_dict(info["vocabulary"])
-        config = info.get("config", {})
-        version = model_version(
-            info["method"],
-            info.get("settings", {}),
-            info.get("models", {}),
-            vocab.fingerprint(),
-            config.get("max_side"),
-            config.get("min_area"),
-        )
-        per_image: dict[int, list[Instance]] = {img["id"]: [] for img in coco["images"]}
-        for ann in coco["annotations"]:
-            per_image[ann["image_id"]].append(Instance.from_dict(ann))
-        images = [
-            RunImage(img["file_name"], int(img["width"]), int(img["height"]), per_image[img["id"]])
-            for img in coco["images"]
-        ]
-        root = Path(info["images_root"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(
-            f"{out}: run.json or annotations.json lacks what push needs ({type(exc).__name__}: "
-            f"{exc}); is this an `autolabel run` output folder?"
-        ) from exc
-    return RunOutput(out, root, vocab, version, images)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise UsageError(
-            f"{path}: missing; push takes the output folder of `autolabel run`"
-        ) from exc
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot read it as JSON ({exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -183,12 +119,13 @@ def push_run(
         raise UsageError("give exactly one of --project ID or --title T")
     if chunk_bytes < 1024:
         raise UsageError("--chunk-mb is too small")
-    run = load_run(out)
+    run = read_run(out)
+    version = run_model_version(run)
     urls = ImageUrls.checked(run.images_root, document_root, url_prefix)
     client = connect(url, api_key)
-    project, created = _open_project(client, project_id, title, run.vocab, polygons)
-    summary = PushSummary(project.id, project.title, run.model_version, project_created=created)
-    labels = match_vocabulary(project.target, run.vocab, project.where)
+    project, created = _open_project(client, project_id, title, run.vocabulary, polygons)
+    summary = PushSummary(project.id, project.title, version, project_created=created)
+    labels = match_vocabulary(project.target, run.vocabulary, project.where)
     interface = parse_interface(project.label_config, project.where)
     if urls.document_root is not None:
         summary.storage_created = _ensure_local_storage(client, project.id, urls.images_root)
@@ -198,10 +135,12 @@ def push_run(
     for done, image in enumerate(run.images, 1):
         image_url = urls.url(image.file_name)
         task = existing.get(image_url)
-        if task is not None and run.model_version in task[1]:
+        if task is not None and version in task[1]:
             summary.unchanged += 1
         else:
-            prediction = make_prediction(image.instances, labels, project.target, run.model_version)
+            # The run's instances, named with the project's labels for its classes.
+            instances = replace(image.instances, names=labels)
+            prediction = make_prediction(instances, project.target, version)
             check_prediction(interface, prediction, f"{project.where}, image {image.file_name}")
             if task is None:
                 meta = {"file": image.file_name, "width": image.width, "height": image.height}
@@ -216,8 +155,13 @@ def push_run(
     if summary.tasks_created or summary.predictions_created:
         # The labeling UI shows the predictions of the project's model_version: the newest run.
         with api_errors(project.where):
-            client.projects.update(id=project.id, model_version=run.model_version)
+            client.projects.update(id=project.id, model_version=version)
     return summary
+
+
+def run_model_version(run: RunFolder) -> str:
+    """The model_version of a run folder's predictions (the backend's for the same setup)."""
+    return model_version(run.identity(), run.models)
 
 
 def _open_project(

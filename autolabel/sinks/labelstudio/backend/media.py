@@ -15,6 +15,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 import requests
+
+# A private module on purpose: label-studio-sdk 2.x has no public API that resolves a task's
+# media reference. Its public `converter.utils.download` reads /data/upload/ files from a local
+# upload folder instead of asking the server, sends no token for the server's own URLs, and takes
+# no session; `Converter(local_files_resolver=, http_session=)` exports whole projects. This
+# module is what the SDK's converters and the official ML backends use themselves (its README:
+# "these tools are used in Label Studio ML backend"); pyproject bounds the SDK to 2.x.
 from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
     get_local_path,
     http_session,
@@ -25,12 +32,10 @@ from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
 )
 from requests.adapters import HTTPAdapter
 
+from autolabel.errors import MediaError
+
 DOWNLOAD_TIMEOUT_S = 30.0
 MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
-
-
-class MediaError(Exception):
-    """A task image that cannot or may not be read; the message says why."""
 
 
 class _LimitedAdapter(HTTPAdapter):

@@ -17,12 +17,12 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 
 from autolabel.errors import UsageError
-from autolabel.instances import encode_rle
-from autolabel.labelstudio.client import connect, get_project, list_tasks
-from autolabel.labelstudio.push import META_KEY
-from autolabel.labelstudio.regions import region_mask
-from autolabel.writers.atomic import atomic_write_json
-from autolabel.writers.coco import write_coco
+from autolabel.instances import Instance, class_ious
+from autolabel.io.atomic import atomic_write_json
+from autolabel.io.coco import write_coco
+from autolabel.sinks.labelstudio.client import connect, get_project, list_tasks
+from autolabel.sinks.labelstudio.push import META_KEY
+from autolabel.sinks.labelstudio.regions import region_mask
 
 
 @dataclass
@@ -167,15 +167,7 @@ def _masks(
 
 def _annotation(category_id: int, mask: np.ndarray) -> dict[str, Any]:
     """A COCO annotation (RLE, area, bbox) of a reviewed region; reviewed means score 1."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    bbox = [cols[0], rows[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1]
-    return {
-        "category_id": category_id,
-        "segmentation": encode_rle(mask),
-        "area": int(mask.sum()),
-        "bbox": [float(v) for v in bbox],
-        "score": 1.0,
-    }
+    return Instance.from_mask(category_id, mask, 1.0).to_dict()
 
 
 def _compared_prediction(annotation: dict, predictions: list[dict]) -> dict | None:
@@ -194,21 +186,26 @@ def _iou_per_class(
     final: list[tuple[int, np.ndarray]],
     size: tuple[int, int],
 ) -> dict[int, float]:
-    """IoU of the union masks of each class present on either side."""
+    """IoU of the union masks of each class with regions on either side.
 
-    def union(masks: list[tuple[int, np.ndarray]], cls: int) -> np.ndarray:
-        out = np.zeros(size, dtype=bool)
-        for category_id, mask in masks:
-            if category_id == cls and mask.shape == size:
-                out |= mask
-        return out
-
+    Regions of one class may overlap regions of another, so each class is compared on its own
+    (as a 0/1 map); a class whose regions are empty on both sides is not reported.
+    """
     ious = {}
     for cls in sorted({c for c, _ in predicted} | {c for c, _ in final}):
-        a, b = union(predicted, cls), union(final, cls)
-        total = np.logical_or(a, b).sum()
-        ious[cls] = float(np.logical_and(a, b).sum() / total) if total else 1.0
+        iou = class_ious(_union(predicted, cls, size), _union(final, cls, size)).get(1)
+        if iou is not None:
+            ious[cls] = iou
     return ious
+
+
+def _union(masks: list[tuple[int, np.ndarray]], cls: int, size: tuple[int, int]) -> np.ndarray:
+    """The class's regions painted into one 0/1 map of the image's size."""
+    out = np.zeros(size, dtype=np.uint8)
+    for category_id, mask in masks:
+        if category_id == cls and mask.shape == size:
+            out[mask] = 1
+    return out
 
 
 def _size(meta: dict, result: list[dict], predictions: list[dict]) -> tuple[int, int] | None:
