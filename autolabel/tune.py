@@ -1,4 +1,8 @@
-"""Label-free hyperparameter search with PnP-OVSS's CLIP reward (shared/reference/pnp_ovss.md §2).
+"""Label-free hyperparameter search with PnP-OVSS's CLIP reward.
+
+PnP-OVSS: Luo et al., CVPR 2024, arXiv:2311.17095. The reward follows the authors' search code,
+`Search()` in pnp_get_attention_textloc_weaklysupervised_search.py of
+github.com/letitiabanana/PnP-OVSS (commit 687a4e5; also at e439962).
 
 For a candidate setting, each image is segmented; for each class the image is tagged with, the
 class's region is kept and the rest blanked, and CLIP is asked whether that masked image looks
@@ -193,10 +197,10 @@ def fingerprint(data: dict[str, Any]) -> str:
 class ClipReward:
     """PnP-OVSS's weak reward: does CLIP prefer the class on its masked region over a blank?
 
-    Deviations from the paper's search code (§2.1), kept because they make the reward usable on
-    any vocabulary: the softmax runs over the tagged classes *and* the background words (with
-    tagged classes only, an image with one tag can never score), and the mask is the method's
-    own final region (label == class) rather than a re-thresholded blurred map.
+    Deviations from the authors' search code (`Search()`), kept because they make the reward
+    usable on any vocabulary: the softmax runs over the tagged classes *and* the background words
+    (with tagged classes only, an image with one tag can never score), and the mask is the
+    method's own final region (label == class) rather than a re-thresholded blurred map.
     """
 
     def __init__(self, clip: ClipModel, vocab: Vocabulary) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from autolabel.errors import UsageError
 
-# Words that absorb regions which are not objects (the 26-word list the SCLIP/NACLIP harness
-# uses for VOC/COCO-Object, see shared/reference/ovss_landscape.md §2.3); a user can replace it.
+# Words that absorb regions which are not objects (the 26-word list the SCLIP/NACLIP evaluation
+# harness uses for VOC/COCO-Object: line 0 of configs/cls_voc21.txt and cls_coco_object.txt in
+# github.com/sinahmr/NACLIP); a user can replace it.
 DEFAULT_BACKGROUND: tuple[str, ...] = (
     "sky", "wall", "tree", "wood", "grass", "road", "sea", "river", "mountain", "sands", "desk",
     "bed", "building", "cloud", "lamp", "door", "window", "wardrobe", "ceiling", "shelf",

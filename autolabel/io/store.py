@@ -140,10 +140,12 @@ class RunStore:
                 yield json.loads(handle.readline())
 
     def _scan(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(byte offset, record) for every whole line of the records file.
+        """(byte offset, record) for every whole line of the records file."""
+        for start, _, record in self._whole_lines():
+            yield start, record
 
-        A last line that a crash left torn is not a record (open() cuts it off).
-        """
+    def _whole_lines(self) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """(start, end, record) of each line up to the first that a crash left torn."""
         if not self.records_path.exists():
             return
         with open(self.records_path, "rb") as handle:
@@ -155,7 +157,7 @@ class RunStore:
                     record = None
                 if record is None:
                     return
-                yield offset, record
+                yield offset, offset + len(line), record
                 offset += len(line)
 
     def _lock(self) -> None:
@@ -182,16 +184,8 @@ class RunStore:
         """Cut a last line that a crash left without its newline (or unparseable)."""
         if not self.records_path.exists():
             return
+        good = max((end for _, end, _ in self._whole_lines()), default=0)
         with open(self.records_path, "rb+") as handle:
-            good = 0
-            for line in handle:
-                try:
-                    if not line.endswith(b"\n"):
-                        raise ValueError("torn line")
-                    json.loads(line)
-                except ValueError:
-                    break
-                good += len(line)
             handle.truncate(good)
 
     def _remove_temp_files(self) -> None:

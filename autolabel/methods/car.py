@@ -1,12 +1,17 @@
 """`car`: CLIP as RNN (Sun et al., CVPR 2024), training-free recurrent open-vocabulary segmentation.
 
-car.md §1. The hidden state is the set of live text queries, h_0 = the vocabulary. Each step:
-f (gradcam.py) proposes one mask per live query, each proposal is drawn onto the image as a
-visual prompt (prompts.py), g (a second CLIP) scores every prompted image against the live
-queries with a 15-template score ensemble, and queries whose own score P_ii is not above θ are
-dropped (the best one is kept if none passes). The loop stops when a step drops nothing (at
-least two steps run). The last step's proposals go through a dense CRF; the label map is the
-argmax over [background, surviving classes].
+Paper: Sun, Li, Torr, Gu, Li, "CLIP as RNN: Segment Countless Visual Concepts without Training
+Endeavor", CVPR 2024, arXiv:2312.07661. Official code ("CaR code" in comments):
+github.com/google-research/google-research, folder clip_as_rnn/ (paths as of commit 8d8a4f1b).
+
+The loop is paper §3.2 / Algorithm 1 as the CaR code runs it (modeling/model/car.py:
+`CaR._forward_car`, `_forward_stage`, `_filter_texts`). The hidden state is the set of live text
+queries, h_0 = the vocabulary. Each step: f (gradcam.py) proposes one mask per live query, each
+proposal is drawn onto the image as a visual prompt (prompts.py), g (a second CLIP) scores every
+prompted image against the live queries with a 15-template score ensemble, and queries whose own
+score P_ii is not above θ are dropped (the best one is kept if none passes). The loop stops when
+a step drops nothing (at least two steps run). The last step's proposals go through a dense CRF;
+the label map is the argmax over [background, surviving classes].
 
 Vocabulary mapping: each class is ONE query, its name and synonyms joined by commas ("backpack,
 bag"), which is how the official code writes synonyms; a recipe's `queries` can replace a class's
@@ -41,10 +46,11 @@ from autolabel.models.clip import ClipModel, load_clip
 from autolabel.refine.crf import CRFParams, dense_crf
 from autolabel.vocab import VocabClass, Vocabulary
 
-# The official CRF feeds the bilateral kernel BGR minus this mean, wrapped to uint8 (§1.4).
+# The official CRF feeds the bilateral kernel BGR minus this mean, wrapped to uint8 (CaR code:
+# modeling/model/crf.py, inherited from CLIP-ES, github.com/linyq2117/CLIP-ES).
 CRF_MEAN_BGR = (104.008, 116.669, 122.675)
 # What `autolabel tune` searches: eta / theta / lambda over the ranges of the paper's Table 5
-# and its per-dataset configs, and the prompt pairs its configs use (car.md §2.2).
+# and its per-dataset configs, and the prompt pairs its configs use (CaR code: configs/*.yaml).
 SEARCH_SPACE: dict[str, list[Any]] = {
     "mask_threshold": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
     "confidence_threshold": [0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7],
@@ -87,8 +93,9 @@ class Recurrence:
 
 
 class FastEngine:
-    """f and g with every exact saving of car.md §5.2 (text caches, trunk once per image,
-    one batched backward per step, one refinement matmul, each prompted image encoded once)."""
+    """f and g with exact savings over the CaR code's cost structure (text caches, trunk once per
+    image, one batched backward per step, one refinement matmul, each prompted image encoded
+    once)."""
 
     def __init__(self, f: ClipModel, g: ClipModel, settings: CaRSettings) -> None:
         self.f, self.g, self.settings = f, g, settings
@@ -258,7 +265,8 @@ def _classifier_embedding(
 ) -> torch.Tensor:
     """g's image vector: the model's own pooling + proj after the second-to-last block.
 
-    The official classifier skips the last block (car.md §1.3); θ is calibrated to that. Its
+    The official classifier skips the last block (CaR code: clip_wrapper.py,
+    `forward_last_layer` with `repeat_last=False`); θ is calibrated to that. Its
     pooling is OpenAI CLIP's class token; a model trained with average pooling (open_clip
     pool_type "avg", e.g. the toy model) is pooled its own way.
     """
@@ -400,7 +408,8 @@ class CaRSegmenter:
         pairs = len(rec.live)
         if self.settings.parity:
             # F.one_hot without num_classes keeps channels up to the largest label only, and
-            # zip() then drops the classes past it (car.md addendum, item 5).
+            # zip() then drops the classes past it (CaR code: crf.py `PostProcess`, then
+            # `_forward_car`).
             pairs = min(pairs, int(winner.max()))
         labels = np.zeros(winner.shape, dtype=np.int32)
         probs, scores = {}, {}

@@ -1,9 +1,15 @@
 """`fast`: single-pass dense CLIP segmentation with a NACLIP-style last block.
 
 One backbone pass per sliding window: the last ViT block's attention becomes
-softmax(s·KKᵀ + Gaussian locality) without residual or FFN (NACLIP, ovss_landscape.md §3), the
-patch tokens are projected into CLIP's joint space and compared with text embeddings of every
-class prompt and background word; softmax over all strings, max over each class's synonyms.
+softmax(s·KKᵀ + Gaussian locality) without residual or FFN (NACLIP), the patch tokens are
+projected into CLIP's joint space and compared with text embeddings of every class prompt and
+background word; softmax over all strings, max over each class's synonyms.
+
+NACLIP: Hajimiri, Ben Ayed, Dolz, "Pay Attention to Your Neighbours: Training-Free
+Open-Vocabulary Semantic Segmentation", WACV 2025, arXiv:2404.08181. Code and evaluation harness
+(the harness is SCLIP's, github.com/wangf3014/SCLIP): github.com/sinahmr/NACLIP, last block in
+clip/model.py, sliding windows and synonym merging in naclip.py (`forward_slide`,
+`postprocess_result`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """CaR's mask-proposal generator f: CLIP-ES Grad-CAM with class-aware attention affinity.
 
-car.md §1.2. An open_clip ViT runs at (near) full image resolution with its positional embedding
+CaR paper (Sun et al., CVPR 2024, arXiv:2312.07661) §3.3, Eq. 7-8 and App. B; CaR code
+(github.com/google-research/google-research clip_as_rnn/modeling/model/: clipcam.py `CLIPCAM`,
+cam.py, clip_wrapper.py), which follows CLIP-ES (github.com/linyq2117/CLIP-ES).
+
+An open_clip ViT runs at (near) full image resolution with its positional embedding
 interpolated; blocks 1..L-1 form a text-independent trunk. For every foreground query the target
 is its softmax probability over [foreground; background] texts, where the image vector is the
 mean of the last block's patch tokens after ln_post and proj. The Grad-CAM layer is the last
@@ -8,9 +12,10 @@ block's first LayerNorm. Each CAM is refined with an affinity built from the att
 the last 8 blocks (Sinkhorn-normalised, symmetrised, squared) restricted to the boxes around the
 CAM above λ·max.
 
-What is computed once here, and per query in the official code (§5.1): the trunk and the affinity
-run once per image (not once per step); all queries' gradients come from one batched
-vector-Jacobian product over a single forward of the last block; one matmul refines every query.
+What is computed once here, and per step or per query in the CaR code (`CLIPCAM`): the trunk
+and the affinity run once per image (not once per step); all queries' gradients come from one
+batched vector-Jacobian product over a single forward of the last block; one matmul refines
+every query.
 The ViT surgery underneath (tokens at any patch grid, blocks that return their attention) lives
 in autolabel.models.vit.
 """

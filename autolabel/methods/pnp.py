@@ -4,8 +4,14 @@ One prompt holds the class names. Each class's map is the chosen cross-attention
 from its tokens to the image patches, times the positive gradient of the ITM "match" logit
 (GradCAM). Salience DropOut reruns this with the most salient patches blanked out and sums the
 maps. Then: relative threshold, upsampling, Gaussian blur, dense CRF, argmax with a background
-channel. Defaults follow the authors' updated ("bug-corrected") code; the section numbers cited
-are those of shared/reference/pnp_ovss.md.
+channel. Defaults follow the authors' updated ("bug-corrected") code.
+
+Paper: Luo, Khandelwal, Sigal, Li, "Emergent Open-Vocabulary Semantic Segmentation from
+Off-the-shelf Vision-Language Models", CVPR 2024, arXiv:2311.17095. Official code (BLIP only):
+github.com/letitiabanana/PnP-OVSS. "Updated code" = its commit e439962
+(PnP_OVSS_0514_updated_segmentation*.py, Run_seg*.sh); "CVPR-era code" = commit 687a4e5
+(*_halving.sh, New_eval_cam_*.py); "Files to replace for BLIP/" holds the authors' patched LAVIS
+files. The comments cite the code; the paper's method section was not checked against it.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from autolabel.models.zeroshot import clip_presence
 from autolabel.refine.crf import dense_crf
 from autolabel.vocab import Vocabulary
 
-# What `autolabel tune` searches besides layer and head (which span the model): tau is the
-# paper's search grid (§2.2); blur (not searched by the paper) brackets its 0.05.
+# What `autolabel tune` searches besides layer and head (which span the model): tau is the grid
+# of the authors' search code (`Search()` in pnp_get_attention_textloc_weaklysupervised_search.py);
+# blur (not searched there) brackets its 0.05.
 SEARCH_THRESHOLDS = [0.05, 0.15, 0.25, 0.35, 0.45]
 SEARCH_BLURS = [0.03, 0.04, 0.05, 0.065, 0.08]
 
@@ -47,7 +54,11 @@ class Prompt:
 
 
 def build_prompt(vocab: Vocabulary, classes: list[int], prefix: str, join_words: bool) -> Prompt:
-    """Prefix + every prompt word (name and synonyms) of each class, separated by spaces (§1.2)."""
+    """Prefix + every prompt word (name and synonyms) of each class, separated by spaces.
+
+    The updated code's prompt ("A picture of " + the class names, in
+    PnP_OVSS_0514_updated_segmentation.py), with synonyms added.
+    """
     text = prefix
     spans: list[list[tuple[int, int]]] = []
     for index in classes:
@@ -68,8 +79,9 @@ def encode_prompts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token ids (R, T), attention mask (R, T) and class weights (R, Kmax, T).
 
-    weights[r, k] averages the tokens of prompt r's class k: the mean over word pieces of §1.2,
-    found from character offsets so that WordPiece and BPE tokenizers both work.
+    weights[r, k] averages the tokens of prompt r's class k: the mean over word pieces of the
+    updated code (`Mean_over_filtered_label_tokens`), found from character offsets so that
+    WordPiece and BPE tokenizers both work.
     """
     enc = itm.tokenizer(
         [p.text for p in prompts], padding=True, return_offsets_mapping=True, return_tensors="pt"
@@ -125,7 +137,8 @@ def gradcam(
 ) -> torch.Tensor:
     """Cross-attention x positive gradient of the match logit, per text token: (R, T, N) >= 0.
 
-    The image CLS column is dropped and padding rows are zeroed (§1.3).
+    The image CLS column is dropped and padding rows are zeroed, as in the authors' patched
+    LAVIS (Files to replace for BLIP/blip_image_text_matching.py).
     """
     logits, attention = itm.match_logits_and_attention(pixels, input_ids, attention_mask, layer)
     (grad,) = torch.autograd.grad(logits.sum(), attention)
@@ -135,7 +148,8 @@ def gradcam(
 
 
 def drop_schedule(schedule: str, passes: int, patches: int, total: int) -> list[int]:
-    """How many patches are dropped after each pass but the last (§1.4)."""
+    """How many patches are dropped after each pass but the last: fixed = the updated code's
+    `save_len`, halving = the CVPR-era code's N/2^(t+1)."""
     if schedule == "halving":
         return [total // 2 ** (t + 1) for t in range(passes - 1)]
     return [patches] * (passes - 1)
@@ -170,7 +184,11 @@ def salience_dropout(
     weights: torch.Tensor,
     cfg: PnPSettings,
 ) -> DropoutRun:
-    """GradCAM passes, each with the most salient patches so far blanked out; maps summed (§1.4)."""
+    """GradCAM passes, each with the most salient patches so far blanked out; maps summed.
+
+    Salience DropOut as both official code versions run it (drops accumulate; pass 0 is
+    weighted by `first_pass_weight`, 2 in both).
+    """
     rows, _, size, _ = pixels.shape
     patch = itm.patch_size
     total_patches = (size // patch) ** 2
@@ -215,11 +233,13 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def refine(maps: torch.Tensor, image: np.ndarray, cfg: PnPSettings) -> np.ndarray:
-    """Class maps (k, P, P) -> probabilities (k+1, H, W), channel 0 background (§1.5-§1.7)."""
+    """Class maps (k, P, P) -> probabilities (k+1, H, W), channel 0 background (updated code:
+    threshold, upsampling, `blurring`, softmax, dense CRF)."""
     height, width = image.shape[:2]
-    # Relative threshold: min-max to [0, 1], keep pixels >= tau with their raw values (§1.5).
+    # Relative threshold: min-max to [0, 1], keep pixels >= tau with their raw values (updated
+    # code, Run_seg*.sh --threshold).
     kept = torch.where(_minmax(maps.flatten(1)).view_as(maps) >= cfg.threshold, maps, 0.0)
-    # Background where no class survived (§1.7, updated code).
+    # Background where no class survived (updated code).
     background = (kept.amax(dim=0, keepdim=True) <= 0).float()
     stack = torch.cat([background, kept])[None].float().cpu()
     up = F.interpolate(stack, size=(height, width), mode="bilinear", align_corners=True)[0]
@@ -253,7 +273,7 @@ class PnPSegmenter:
                 f"model's patch size {itm.patch_size} (e.g. {itm.patch_size * 21})"
             )
         # The last layer only feeds the ITM head through token 0, so class tokens get no
-        # gradient there (§4.3).
+        # gradient there (checked on small random-weight BLIP and BridgeTower models).
         if not 0 <= cfg.layer < itm.num_layers - 1:
             raise UsageError(
                 f"method pnp: settings.layer {cfg.layer} is out of range; {itm.name} has "
@@ -328,7 +348,8 @@ class PnPSegmenter:
         return results
 
     def _pixels(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Squash-resize to resolution x resolution, bicubic, then normalise (§1.1)."""
+        """Squash-resize to resolution x resolution, bicubic, then normalise (updated code:
+        Dataset.py `PascalVOC.__getitem__`)."""
         size = self.cfg.resolution
         arrays = [
             np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images
@@ -377,7 +398,7 @@ def search_space(settings: PnPSettings, device: str) -> dict[str, list[Any]]:
     """The values `autolabel tune` tries for each searched setting (loads the ITM model)."""
     itm = load_itm(settings.model, device)
     return {
-        # The last layer gives class tokens no gradient (pnp_ovss.md §4.3).
+        # The last layer gives class tokens no gradient (see PnPSegmenter.__init__).
         "layer": list(range(itm.num_layers - 1)),
         "head": list(range(itm.num_heads)),
         "threshold": list(SEARCH_THRESHOLDS),

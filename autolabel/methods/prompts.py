@@ -1,9 +1,11 @@
 """CaR's visual prompts: mark a mask proposal on the image so that CLIP judges that region.
 
-The official code (car.md §1.3, paper Algorithm B) draws with OpenCV on the RGB array in a fixed
-order whatever order the recipe lists them in: blur, gray, black, circle, rectangle, contour (the
-kinds a recipe may list: autolabel.methods.settings.PromptKind). We draw with the same OpenCV
-calls so prompted images are pixel-identical to the official ones.
+The official code (CaR, Sun et al., CVPR 2024, arXiv:2312.07661; github.com/google-research/
+google-research clip_as_rnn/modeling/model/utils.py `apply_visual_prompts`, the same code as the
+paper's Algorithm B in App. C) draws with OpenCV on the RGB array in a fixed order whatever
+order the recipe lists them in: blur, gray, black, circle, rectangle, contour (the kinds a
+recipe may list: autolabel.methods.settings.PromptKind). We draw with the same OpenCV calls so
+prompted images are pixel-identical to the official ones.
 """
 
 from __future__ import annotations

@@ -9,6 +9,15 @@ and each bad setting.
 This module loads no torch, so that `validate_settings` is cheap. The names of backbones and
 weights belong to autolabel.models.clip / autolabel.models.blip, which do import torch; they are
 imported only where a backbone name is given (or pnp's default BLIP id is needed).
+
+Sources of the defaults, in short form below:
+- fast: NACLIP (Hajimiri et al., WACV 2025, arXiv:2404.08181) and its evaluation harness,
+  github.com/sinahmr/NACLIP (inherited from SCLIP, github.com/wangf3014/SCLIP);
+- car: CaR (Sun et al., CVPR 2024, arXiv:2312.07661), "CaR code" = its official code,
+  github.com/google-research/google-research, folder clip_as_rnn/;
+- pnp: PnP-OVSS (Luo et al., CVPR 2024, arXiv:2311.17095), official code
+  github.com/letitiabanana/PnP-OVSS: "updated code" = commit e439962
+  (PnP_OVSS_0514_updated_segmentation*.py, Run_seg*.sh), "CVPR-era" = commit 687a4e5.
 """
 
 from __future__ import annotations
@@ -206,7 +215,8 @@ CAR_ONLY_KEYS = frozenset(
 
 
 class DenseSettings(MethodSettings):
-    """Settings of the fast method; defaults follow the NACLIP evaluation harness (§2)."""
+    """Settings of the fast method; defaults follow the NACLIP evaluation harness (NACLIP's
+    configs/ and naclip.py)."""
 
     METHOD: ClassVar[str] = "fast"
     # One backbone (model, pretrained, checkpoint): CaR's classifier and parity do not apply.
@@ -254,7 +264,7 @@ class CaRSettings(MethodSettings):
     classifier_model: Annotated[str, _clip_name("--classifier-model")] = "ViT-L-14"
     classifier_pretrained: str | None = "openai"
     classifier_checkpoint: str | None = None
-    parity: bool = False  # reproduce the official code's quirks (car.md §5.3)
+    parity: bool = False  # reproduce the CaR code's quirks (see _backbones_and_parity)
     mask_threshold: Fraction = 0.4  # η: proposal binarisation for the visual prompt
     confidence_threshold: Fraction = 0.6  # θ: a query stays alive if P_ii > θ
     clipes_threshold: Fraction = 0.4  # λ: CLIP-ES box threshold (fraction of the CAM max)
@@ -274,7 +284,8 @@ class CaRSettings(MethodSettings):
     crf_image: CrfImage = "rgb"  # "official": the wrapped mean-subtracted BGR image (parity quirk)
     bg_factor: float = Field(1.0, ge=0)  # background unary = (1 - max proposal) ** bg_factor
     # Pascal-Context-style two passes: these classes are segmented in a second pass whose
-    # background queries are the other classes, with their own prompts (car.md §1.2).
+    # background queries are the other classes, with their own prompts (CaR paper App. E;
+    # CaR code: evaluate.py `eval_semantic`).
     stuff_classes: list[str] = Field(default_factory=list)
     stuff_visual_prompts: PromptKinds = Field(default_factory=lambda: ["blur", "gray"])
     stuff_bg_factor: float = Field(1.0, ge=0)
@@ -309,8 +320,8 @@ class CaRSettings(MethodSettings):
 
 # ----------------------------------------------------------------------------------- pnp
 
-# The updated code's dense-CRF constants (§1.7): Gaussian sxy 3 / compat 7, bilateral sxy 50,
-# srgb 5, compat 10, 10 mean-field iterations.
+# The PnP-OVSS updated code's dense-CRF constants (PnP_OVSS_0514_updated_segmentation.py):
+# Gaussian sxy 3 / compat 7, bilateral sxy 50, srgb 5, compat 10, 10 mean-field iterations.
 PNP_CRF = CRFParams(
     iterations=10,
     gaussian_sxy=3.0,
@@ -375,30 +386,30 @@ class PnPSettings(MethodSettings):
     # --checkpoint are refused unless empty: pnp's --model is a Hugging Face id or folder.
     IGNORED: ClassVar[frozenset[str]] = CAR_ONLY_KEYS
 
-    model: str = Field(default_factory=_default_blip)  # DEFAULT_BLIP (§1.1)
-    resolution: int = Field(336, ge=1)  # updated code's image_size (§1.1); CVPR-era: 768
-    layer: int = Field(7, ge=0)  # --max_att_block_num 8, 0-based 7: the 8th of 12 layers (§1.3)
-    head: int | None = Field(9, ge=0)  # --prune_att_head 9, 0-based (§1.3); None = mean of heads
-    threshold: Fraction = 0.15  # Run_seg*.sh --threshold (§1.5)
-    blur_sigma: float = Field(0.05, ge=0)  # sigma = 0.05 * max(H, W) px (§1.6); 0: no blur
-    dropout_passes: int = Field(4, ge=1)  # updated code: 4 passes (§1.4); CVPR-era: 5
-    # fixed: dropout_patches per pass; halving: N/2^(t+1) (§1.4)
+    model: str = Field(default_factory=_default_blip)  # DEFAULT_BLIP (autolabel.models.blip)
+    resolution: int = Field(336, ge=1)  # updated code's image_size (Run_seg.sh); CVPR-era: 768
+    layer: int = Field(7, ge=0)  # --max_att_block_num 8, 0-based 7: the 8th of 12 layers
+    head: int | None = Field(9, ge=0)  # --prune_att_head 9, 0-based; None = mean of heads
+    threshold: Fraction = 0.15  # Run_seg*.sh --threshold
+    blur_sigma: float = Field(0.05, ge=0)  # sigma = 0.05 * max(H, W) px (`blurring`); 0: no blur
+    dropout_passes: int = Field(4, ge=1)  # updated code: --drop_iter 4; CVPR-era: 5
+    # fixed: dropout_patches per pass (updated code); halving: N/2^(t+1) (CVPR-era *_halving.sh)
     dropout_schedule: Literal["fixed", "halving"] = "fixed"
-    dropout_patches: int = Field(10, ge=0)  # save_len = 10 (§1.4)
+    dropout_patches: int = Field(10, ge=0)  # updated code's save_len = 10
     # mean: 0 after normalisation (updated); black: 0 before (CVPR-era)
     drop_fill: Literal["mean", "black"] = "mean"
-    normalize_passes: bool = False  # CVPR-era min-max normalised each pass's maps (§1.4)
-    first_pass_weight: float = Field(2.0, ge=0)  # both codes add pass 0 twice (§1.4)
-    prompt_prefix: str = "A picture of "  # §1.2
-    join_words: bool = True  # "potted plant" -> "pottedplant", as the authors' class lists (§1.2)
-    enc_token: bool = True  # BLIP: [ENC] replaces [CLS] as in LAVIS ITM (§1.2, §4.1)
+    normalize_passes: bool = False  # the CVPR-era code min-max normalised each pass's maps
+    first_pass_weight: float = Field(2.0, ge=0)  # both code versions add pass 0 twice
+    prompt_prefix: str = "A picture of "  # the authors' prompt prefix (both code versions)
+    join_words: bool = True  # "potted plant" -> "pottedplant", as the authors' class lists
+    enc_token: bool = True  # BLIP: [ENC] replaces [CLS] as in LAVIS blip_image_text_matching.py
     # clip: CLIP presence filter; all: every class in the prompt
     class_filter: Literal["clip", "all"] = "clip"
     presence_threshold: Fraction = 0.1  # CLIP probability a class needs to enter the prompt
     clip_model: Annotated[str, _clip_name("settings.clip_model")] = "ViT-B-16"
     clip_pretrained: str | None = "openai"
     clip_checkpoint: str | None = None
-    softmax: bool = True  # updated code: softmax over channels before the CRF unary (§1.7)
+    softmax: bool = True  # updated code: softmax over channels before the CRF unary
     crf: CRFParams | None = PNP_CRF  # None: no CRF
 
     @model_validator(mode="before")

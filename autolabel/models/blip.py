@@ -1,9 +1,9 @@
 """Hugging Face image-text-matching models (BLIP, BridgeTower) for PnP-OVSS.
 
 Loads a hub id or a folder written by `save_pretrained`, and runs the ITM head while reading one
-text-side cross-attention layer with its gradient (shared/reference/pnp_ovss.md §4). Neither
-model exposes cross-attention through `output_attentions`, so a forward hook on the layer's
-attention module takes it from the module's return value.
+text-side cross-attention layer with its gradient. Neither model exposes cross-attention
+through `output_attentions` (transformers' modeling_blip.py and modeling_bridgetower.py), so a
+forward hook on the layer's attention module takes it from the module's return value.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from autolabel.models.clip import (
     resolve_device,
 )
 
-DEFAULT_BLIP = "Salesforce/blip-itm-large-flickr"  # pnp_ovss.md §1.1: BLIP ViT-L, Flickr30k ITM
+# BLIP ViT-L with Flickr30k ITM: the HF port of the LAVIS checkpoint PnP-OVSS uses
+# (model_large_retrieval_flickr.pth in github.com/letitiabanana/PnP-OVSS "Files to replace for
+# BLIP/blip_itm_large.yaml").
+DEFAULT_BLIP = "Salesforce/blip-itm-large-flickr"
 DEFAULT_BRIDGETOWER = "BridgeTower/bridgetower-large-itm-mlm-itc"
 # model_type in config.json -> the transformers class with an ITM head
 ITM_CLASSES = {
@@ -182,7 +185,8 @@ def load_itm(model: str = DEFAULT_BLIP, device: str = "cpu") -> ItmModel:
                     f"image-text-matching model such as {DEFAULT_BLIP} or {DEFAULT_BRIDGETOWER}"
                 )
             cls = getattr(transformers, ITM_CLASSES[kind])
-            # Attention weights only come from the eager path (pnp_ovss.md §4.2).
+            # Attention weights only come from the eager path (transformers' BridgeTower
+            # refuses sdpa).
             net, info = cls.from_pretrained(
                 source, attn_implementation="eager", output_loading_info=True
             )
@@ -226,7 +230,7 @@ def _enc_token_id(tokenizer: Any, text_cfg: Any) -> int:
     """BLIP's [ENC] id: the tokenizer's own when it lists the token, else the last text id.
 
     BLIP extends bert-base-uncased with [DEC] then [ENC] (vocab 30522 -> 30524), so [ENC] is
-    the last id of the text embedding (pnp_ovss.md §4.1).
+    the last id of the text embedding (BLIP's `init_tokenizer`; transformers' BlipTextConfig).
     """
     token_id = tokenizer.convert_tokens_to_ids(ENC_TOKEN)
     if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:

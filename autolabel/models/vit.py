@@ -7,6 +7,10 @@
   (the fast method and toy training);
 - the NACLIP last block (no residual, no FFN, Gaussian locality) and the projections into
   CLIP's joint space; the toy trainer's text encoder.
+
+Sources: NACLIP (Hajimiri et al., WACV 2025, arXiv:2404.08181), github.com/sinahmr/NACLIP
+clip/model.py; CaR (Sun et al., CVPR 2024, arXiv:2312.07661), official code
+github.com/google-research/google-research clip_as_rnn/modeling/model/ ("CaR code" below).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import torch.nn.functional as F
 
 from autolabel.errors import ModelLoadError
 
-NACLIP_SIGMA = 5.0  # Gaussian neighbourhood in patches (NACLIP's default, ovss_landscape.md §3)
+NACLIP_SIGMA = 5.0  # Gaussian neighbourhood in patches (NACLIP's default, clip/model.py)
 # The official CaR ViT wrapper tells text from image tokens by the sequence length: a token
-# sequence of this length runs all blocks in the trunk (car.md §5.3); reproduced under parity.
+# sequence of this length runs all blocks in the trunk (CaR code: `CustomTransformer`,
+# `x.shape[0] == 77`); reproduced under parity.
 TEXT_CONTEXT = 77
 
 
@@ -51,7 +56,8 @@ def position_embedding(visual: torch.nn.Module, grid: tuple[int, int]) -> torch.
     """(1 + h*w, C) positional embedding bilinearly resized to `grid`, rounded through fp16.
 
     The official CaR code resizes with F.upsample (align_corners False) and stores the result as
-    fp16 even on CPU (car.md addendum, item 1); the rounding is kept so outputs match.
+    fp16 even on CPU (CaR code: `upsample_position_embedding` casts with `.half()`); the rounding
+    is kept so outputs match.
     """
     pos = visual.positional_embedding
     cls, patches = pos[:1], pos[1:]
@@ -184,7 +190,8 @@ def naclip_patches(
 ) -> torch.Tensor:
     """Projected patch tokens after a NACLIP last block.
 
-    Attention softmax(s*KK^T + Gaussian locality), no residual, no FFN (ovss_landscape.md §3).
+    Attention softmax(s*KK^T + Gaussian locality), no residual, no FFN (NACLIP's clip/model.py,
+    arch 'reduced', attn 'naclip').
     """
     block = visual.transformer.resblocks[-1]
     attn = block.attn

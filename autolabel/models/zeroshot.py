@@ -28,8 +28,9 @@ DEFAULT_TEMPLATES = (
     "art of the {}.",
     "a photo of the small {}.",
 )
-# CaR's classifier templates of every semantic-segmentation config (car.md §1.3); θ is
-# calibrated against the double softmax over these.
+# CaR's classifier templates, `car.semantic_templates` of every semantic-segmentation config
+# (github.com/google-research/google-research clip_as_rnn/configs/); θ is calibrated against the
+# double softmax over these (clip_wrapper.py `forward_clip`).
 SEMANTIC_TEMPLATES = (
     "a clean origami {}.",
     "a photo of a {}.",

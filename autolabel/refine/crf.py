@@ -9,7 +9,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class CRFParams:
-    """Pairwise kernel settings; the defaults are CLIP-ES's, which CaR inherits (car.md §1.4)."""
+    """Pairwise kernel settings; the defaults are CLIP-ES's (eval_cam_with_crf.py,
+    github.com/linyq2117/CLIP-ES), which CaR's modeling/model/crf.py inherits."""
 
     iterations: int = 10
     gaussian_sxy: float = 1.0

@@ -196,8 +196,9 @@ def _losses(
     std_tokens = standard_patches(model.visual, x_in).float()
     pooled = F.normalize(std_tokens.mean(dim=1), dim=-1)
     target, weight = batch["targets"], batch["dense_mask"]
-    # CaR's classifier reads the class token entering the last block (car.md §1.3), so that
-    # read-out is trained to be an image embedding as well.
+    # CaR's classifier reads the class token entering the last block (official code:
+    # google-research clip_as_rnn clip_wrapper.py, `forward_last_layer`, `repeat_last=False`),
+    # so that read-out is trained to be an image embedding as well.
     penultimate = F.normalize((project_cls(model.visual, x_in)).float(), dim=-1)
     out = {
         "clip": _contrastive(pooled, caption_text, batch["keys"], scale),
