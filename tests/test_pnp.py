@@ -262,6 +262,51 @@ def test_threshold_and_background_channel() -> None:
     assert labels[0, 0] == 1 and labels[3, 3] == 2 and labels[3, 0] == 0 and labels[1, 2] == 0
 
 
+def _plain_refine(maps: torch.Tensor, size: int, **settings: object) -> np.ndarray:
+    """refine() without blur, softmax or CRF, so each pixel's channels are easy to predict."""
+    cfg = PnPSettings(blur_sigma=0.0, crf=None, softmax=False, **settings)
+    return pnp.refine(maps, np.zeros((size, size, 3), np.uint8), cfg)
+
+
+def test_background_is_where_every_upsampled_class_map_is_zero() -> None:
+    """The updated code's rule: background is decided after bilinear upsampling (corners aligned:
+    grid point i sits on pixel 4 i of a 13 px image), not on the patch grid."""
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 0, 0] = 1.0  # one salient patch
+    probs = _plain_refine(maps, 13)
+    labels = probs.argmax(0)
+    # Inside the patch's bilinear support (rows and columns 0..3) the class is non-zero, so it is
+    # never background, however small it is there.
+    assert (labels[:4, :4] == 1).all() and (probs[0, :4, :4] == 0).all()
+    # Pixel (3, 3) gets 1/16 of the patch: tiny, yet not background (a grid rule upsampled as a
+    # soft channel gives background 15/16 there).
+    assert probs[1, 3, 3] > 0 and labels[3, 3] == 1
+    # From one grid cell away on, the upsampled map is exactly zero: background.
+    assert (labels[4:, :] == 0).all() and (labels[:, 4:] == 0).all()
+
+
+def test_two_classes_meeting_leave_no_background_between_them() -> None:
+    maps = torch.zeros(2, 4, 4)
+    maps[0, 1, 1] = 1.0
+    maps[1, 1, 2] = 1.0
+    labels = _plain_refine(maps, 13).argmax(0)
+    row = labels[4]  # the grid row through both patches: pixels 4 (class 1) to 8 (class 2)
+    assert list(row[4:9]) == [1, 1, 1, 2, 2] or list(row[4:9]) == [1, 1, 2, 2, 2]
+    assert row[0] == 0 and row[12] == 0
+
+
+def test_background_only_below_a_class_count_as_the_ade20k_scripts() -> None:
+    maps = torch.zeros(3, 4, 4)
+    for k in range(3):
+        maps[k, k, k] = 1.0
+    always = _plain_refine(maps, 13)
+    assert (always.argmax(0) == 0).any()
+    few = _plain_refine(maps, 13, background_below_classes=3)  # 3 classes: no background
+    assert few.shape == (4, 13, 13) and (few[0] == 0).all() and (few.argmax(0) != 0).all()
+    two = _plain_refine(maps[:2], 13, background_below_classes=3)
+    assert (two.argmax(0) == 0).any()
+
+
 def test_crf_step_is_applied_with_pnp_constants() -> None:
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, size=(24, 24, 3), dtype=np.uint8)

@@ -410,6 +410,9 @@ class PnPSettings(MethodSettings):
     clip_pretrained: str | None = "openai"
     clip_checkpoint: str | None = None
     softmax: bool = True  # updated code: softmax over channels before the CRF unary
+    # The updated code's ADE20K / Context / COCO-Stuff scripts add the background channel only
+    # when fewer than 3 classes are in the prompt (3 here); its VOC / COCO scripts always do (None).
+    background_below_classes: int | None = Field(None, ge=1)
     crf: CRFParams | None = PNP_CRF  # None: no CRF
 
     @model_validator(mode="before")
