@@ -191,3 +191,173 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float | None]:
 
 def _num(value: float) -> float | None:
     return None if not np.isfinite(value) else float(value)
+
+
+@dataclass
+class InstanceReport:
+    """COCO mask AP of a run against reviewed or ground-truth instances, and what was paired."""
+
+    metrics: dict[str, Any]  # ap, ap50, ap75, images, classes: [{id, name, ap, gt}]
+    missing_gt: list[str]  # run images without ground truth
+    missing_pred: list[str]  # ground-truth images the run did not label
+    unmatched_classes: list[str]  # ground-truth categories that are not in the run's vocabulary
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for --json."""
+        return {
+            **self.metrics,
+            "missing_gt": self.missing_gt,
+            "missing_pred": self.missing_pred,
+            "unmatched_classes": self.unmatched_classes,
+        }
+
+
+def evaluate_instances(run_dir: Path, gt_coco: Path) -> InstanceReport:
+    """COCO mask AP, AP50, AP75 and per-class AP of a run against any COCO file.
+
+    The ground truth keeps its own image and category ids: images are matched to the run's by
+    file name (the relative path, else a unique base name) and categories by name, so what
+    `autolabel pull` writes, or any other COCO export, can score a run.
+    """
+    from autolabel.io.coco import read_coco
+    from autolabel.io.run_folder import read_run
+
+    run = read_run(run_dir)
+    gt = read_coco(gt_coco, where=f"--gt-coco {gt_coco}")
+    names = run.vocabulary.names
+    class_ids = {name: i + 1 for i, name in enumerate(names)}
+    gt_class = {c["id"]: class_ids.get(str(c["name"])) for c in gt.categories}
+    unmatched = sorted(str(c["name"]) for c in gt.categories if gt_class[c["id"]] is None)
+    pairs = _pair_images(run.images, gt.images)
+    if not pairs:
+        raise UsageError(f"--gt-coco {gt_coco}: no image has the file name of an image of the run")
+    gt_images, gt_anns, predictions = [], [], []
+    for image_id, (image, gt_image) in enumerate(pairs, 1):
+        height, width = image.size
+        if (gt_image.get("height", height), gt_image.get("width", width)) != (height, width):
+            raise UsageError(
+                f"--gt-coco {gt_coco}: {gt_image['file_name']} is "
+                f"{gt_image.get('width')}x{gt_image.get('height')}, the run's is {width}x{height}"
+            )
+        gt_images.append(
+            {"id": image_id, "file_name": image.file_name, "height": height, "width": width}
+        )
+        for ann in gt.annotations[gt_image["id"]]:
+            category = gt_class[ann["category_id"]]
+            if category is not None:
+                ann_id = len(gt_anns) + 1
+                gt_anns.append(_gt_annotation(ann, category, image_id, ann_id, (height, width)))
+        predictions += image.instances.to_coco(image_id, first_id=len(predictions) + 1)
+    metrics = _coco_ap(
+        gt_images, gt_anns, predictions, names, sorted(set(gt_class.values()) - {None})
+    )
+    paired_run = {image.file_name for image, _ in pairs}
+    paired_gt = {gt_image["file_name"] for _, gt_image in pairs}
+    return InstanceReport(
+        metrics=metrics,
+        missing_gt=sorted(i.file_name for i in run.images if i.file_name not in paired_run),
+        missing_pred=sorted(
+            str(i["file_name"]) for i in gt.images if i["file_name"] not in paired_gt
+        ),
+        unmatched_classes=unmatched,
+    )
+
+
+def _pair_images(run_images: list, gt_images: list[dict[str, Any]]) -> list[tuple[Any, dict]]:
+    """(run image, ground-truth image) pairs: same relative path, else a base name unique to
+    one image on each side."""
+    by_path = {str(g["file_name"]): g for g in gt_images}
+    by_base: dict[str, list[dict]] = {}
+    for g in gt_images:
+        by_base.setdefault(Path(str(g["file_name"])).name, []).append(g)
+    run_bases: dict[str, int] = {}
+    for image in run_images:
+        base = Path(image.file_name).name
+        run_bases[base] = run_bases.get(base, 0) + 1
+    pairs = []
+    for image in run_images:
+        match = by_path.get(image.file_name)
+        base = Path(image.file_name).name
+        if match is None and run_bases[base] == 1 and len(by_base.get(base, [])) == 1:
+            match = by_base[base][0]
+        if match is not None:
+            pairs.append((image, match))
+    return pairs
+
+
+def _gt_annotation(
+    ann: dict[str, Any], category: int, image_id: int, ann_id: int, size: tuple[int, int]
+) -> dict[str, Any]:
+    """A ground-truth annotation in the run's ids, its mask as RLE (polygons rasterised)."""
+    from pycocotools import mask as mask_utils
+
+    height, width = size
+    seg = ann.get("segmentation")
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    elif isinstance(seg, dict):
+        rle = {"size": seg["size"], "counts": str(seg["counts"]).encode("ascii")}
+    else:
+        raise UsageError(f"ground-truth annotation {ann.get('id')!r} has no segmentation")
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category,
+        "segmentation": rle,
+        "area": float(mask_utils.area(rle)),
+        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+        "iscrowd": int(ann.get("iscrowd", 0)),
+    }
+
+
+def _coco_ap(
+    images: list[dict],
+    gt_anns: list[dict],
+    predictions: list[dict],
+    names: list[str],
+    class_ids: list[int],
+) -> dict[str, Any]:
+    """pycocotools' segm evaluation over the paired images and the classes both sides name."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": gt_anns, "categories": categories}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        gt.createIndex()
+        dt = gt.loadRes(predictions) if predictions else COCO()
+        if not predictions:
+            dt.dataset = {"images": images, "annotations": [], "categories": categories}
+            dt.createIndex()
+        evaluator = COCOeval(gt, dt, iouType="segm")
+        evaluator.params.catIds = class_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    # precision: [IoU thresholds, recall points, classes, area ranges, max detections]
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    per_class = []
+    gt_counts = {c: 0 for c in class_ids}
+    for ann in gt_anns:
+        gt_counts[ann["category_id"]] += 1
+    for k, class_id in enumerate(class_ids):
+        values = precision[:, :, k]
+        values = values[values > -1]
+        ap = _num(values.mean()) if values.size else None
+        per_class.append(
+            {"id": class_id, "name": names[class_id - 1], "gt": gt_counts[class_id], "ap": ap}
+        )
+    stats = evaluator.stats
+    return {
+        "images": len(images),
+        "ap": _num(stats[0]) if stats[0] >= 0 else None,
+        "ap50": _num(stats[1]) if stats[1] >= 0 else None,
+        "ap75": _num(stats[2]) if stats[2] >= 0 else None,
+        "classes": per_class,
+    }
