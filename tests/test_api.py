@@ -190,3 +190,26 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     result = namespace["result"]
     assert isinstance(result, Instances) and len(result) > 0
     assert (tmp_path / "out" / "annotations.json").is_file()
+
+
+def test_cli_recipe_typo_then_fixed_recipe_into_the_same_folder(
+    tmp_path: Path, image_folder: Path, vocab_file: Path, tiny_recipe: Path
+) -> None:
+    """The reported sequence: a failed start must not leave a run identity behind."""
+    from autolabel.cli import main
+
+    out = tmp_path / "out"
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(tiny_recipe.read_text().replace("short_side", "short_sid"))
+    base = ["run", str(image_folder), "--vocab", str(vocab_file), "-o", str(out), "--device"]
+    assert main([*base, "cpu", "--recipe", str(typo)]) == 2
+    assert main([*base, "cuda:7", "--recipe", str(tiny_recipe)]) == 2 or _has_cuda()
+    assert not out.exists()
+    assert main([*base, "cpu", "--recipe", str(tiny_recipe)]) == 0
+    assert (out / "annotations.json").is_file()
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.device_count() > 7
