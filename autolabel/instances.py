@@ -131,6 +131,82 @@ class Instances:
             items.append(Instance.from_dict({**ann, "segmentation": seg}))
         return cls(tuple(size), list(names), items)
 
+    def to_supervision(self) -> Any:
+        """These instances as `supervision.Detections`, in supervision's conventions.
+
+        xyxy: float32 [x_min, y_min, x_max, y_max] with the max on the far edge of the last
+        pixel (COCO's x + w: supervision's "exclusive" convention, as its COCO loader makes).
+        mask: N x H x W bool. class_id: 0-based index into `names` (category_id - 1), as
+        supervision's datasets number classes. confidence: the scores (float32).
+        data["class_name"]: each detection's class name.
+        """
+        import supervision as sv
+        from supervision.config import CLASS_NAME_DATA_FIELD
+
+        n = len(self.items)
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (inst.bbox for inst in self.items)]
+        masks = [inst.mask for inst in self.items]
+        return sv.Detections(
+            xyxy=np.array(boxes, dtype=np.float32).reshape(n, 4),
+            mask=np.stack(masks) if masks else np.zeros((0, *self.size), dtype=bool),
+            confidence=np.array([inst.score for inst in self.items], dtype=np.float32),
+            class_id=np.array([inst.category_id - 1 for inst in self.items], dtype=int),
+            data={CLASS_NAME_DATA_FIELD: np.array([inst.name for inst in self.items], dtype=str)},
+        )
+
+    @classmethod
+    def from_supervision(
+        cls, detections: Any, names: Sequence[str], size: tuple[int, int] | None = None
+    ) -> Instances:
+        """Instances from `supervision.Detections` with masks (the inverse of to_supervision).
+
+        class_id is the 0-based index into `names`; without class_id, data["class_name"] is
+        looked up in `names`; with both, they must agree. confidence becomes the score (1.0
+        when absent). size (height, width) defaults to the masks' size. Boxes come from the
+        masks (xyxy is not read); masks may be dense or a CompactMask. Empty masks are dropped;
+        overlapping masks stay separate instances (label_map paints later ones on top).
+        """
+        from supervision.config import CLASS_NAME_DATA_FIELD
+
+        names = list(names)
+        n = len(detections)
+        masks = detections.mask
+        if masks is None:
+            if n == 0 and size is not None:
+                return cls(tuple(size), names, [])
+            raise ValueError("from_supervision needs detections with masks (mask is None)")
+        mask_size = tuple(int(v) for v in masks.shape[1:])
+        if size is not None and tuple(size) != mask_size:
+            raise ValueError(f"size {tuple(size)} is not the masks' size {mask_size}")
+        class_names = detections.data.get(CLASS_NAME_DATA_FIELD)
+        if detections.class_id is not None:
+            ids = [int(k) for k in detections.class_id]
+            bad = [k for k in ids if not 0 <= k < len(names)]
+            if bad:
+                raise ValueError(f"class_id {bad[0]} outside 0..{len(names) - 1} (0-based)")
+            if class_names is not None:
+                for k, name in zip(ids, class_names, strict=True):
+                    if names[k] != str(name):
+                        raise ValueError(
+                            f"class_id {k} is {names[k]!r} in names but data['class_name'] "
+                            f"says {str(name)!r}"
+                        )
+        elif class_names is not None:
+            unknown = sorted({str(c) for c in class_names} - set(names))
+            if unknown:
+                raise ValueError(f"class names {unknown} are not in names {names}")
+            ids = [names.index(str(c)) for c in class_names]
+        else:
+            raise ValueError("detections have neither class_id nor data['class_name']")
+        scores = detections.confidence
+        items = []
+        for i, k in enumerate(ids):
+            mask = np.asarray(masks[i], dtype=bool)
+            if mask.any():
+                score = 1.0 if scores is None else float(scores[i])
+                items.append(Instance.from_mask(k + 1, mask, score))
+        return cls(mask_size, names, items)
+
 
 def coco_annotation(instance: dict[str, Any], ann_id: int, image_id: int) -> dict[str, Any]:
     """A COCO annotation from an instance's to_dict(): the one place the fields are laid out."""

@@ -1,4 +1,4 @@
-"""FiftyOne test support: a private database and plugins folder per session, and mask helpers.
+"""FiftyOne test support: a private database, plugins folder and model zoo folder per session.
 
 Test modules load it with `pytest_plugins = ["fo_support"]` (and never import it directly, so
 pytest can register it as a plugin). Without FiftyOne or a working
@@ -27,8 +27,9 @@ def unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def fiftyone_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Environment of a private FiftyOne: its own database folder, and a plugins folder that
-    holds this repository's plugin the way a user installs it (a link in the plugins dir)."""
+    """Environment of a private FiftyOne: its own database folder, a plugins folder that holds
+    this repository's plugin the way a user installs it (a link in the plugins dir), and its own
+    model zoo folder, where registered zoo sources are copied."""
     base = tmp_path_factory.mktemp("fiftyone")
     plugins = base / "plugins"
     plugins.mkdir()
@@ -37,6 +38,7 @@ def fiftyone_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         "FIFTYONE_DATABASE_DIR": str(base / "db"),
         "FIFTYONE_DATABASE_VALIDATION": "false",
         "FIFTYONE_DO_NOT_TRACK": "true",
+        "FIFTYONE_MODEL_ZOO_DIR": str(base / "zoo"),
         "FIFTYONE_PLUGINS_DIR": str(plugins),
         "FIFTYONE_SHOW_PROGRESS_BARS": "false",
     }
@@ -63,6 +65,7 @@ def fo(fiftyone_env: dict[str, str]) -> ModuleType:
     config.database_validation = False
     config.do_not_track = True
     config.plugins_dir = fiftyone_env["FIFTYONE_PLUGINS_DIR"]
+    config.model_zoo_dir = fiftyone_env["FIFTYONE_MODEL_ZOO_DIR"]
     config.show_progress_bars = False
     try:
         fiftyone.list_datasets()

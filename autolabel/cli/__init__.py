@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "autolabel.cli.labelstudio",
     "autolabel.cli.toyworld",
     "autolabel.cli.evaluate",
+    "autolabel.cli.export",
 )
 
 err_console = Console(stderr=True, soft_wrap=True)

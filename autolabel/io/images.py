@@ -132,7 +132,7 @@ def scan_images(
                 found.append((rel, path))
 
     found.sort(key=lambda item: item[0])
-    keys = _unique_keys([rel for rel, _ in found])
+    keys = unique_keys([rel for rel, _ in found])
     entries = [
         ImageEntry(i + 1, path, rel, key)
         for i, ((rel, path), key) in enumerate(zip(found, keys, strict=True))
@@ -141,7 +141,7 @@ def scan_images(
     return entries, problems
 
 
-def _unique_keys(rels: list[str]) -> list[str]:
+def unique_keys(rels: list[str]) -> list[str]:
     """Output names: the path without extension, or with it where two files share a stem."""
     stems = [rel.rsplit(".", 1)[0] for rel in rels]
     counts: dict[str, int] = {}
@@ -149,14 +149,19 @@ def _unique_keys(rels: list[str]) -> list[str]:
         counts[stem] = counts.get(stem, 0) + 1
     # photo.jpg and photo.png in one folder would share masks/photo.png: keep their extensions.
     keys = [stem if counts[stem] == 1 else rel for rel, stem in zip(rels, stems, strict=True)]
+    # Only a file literally named like another's kept extension ("a.jpg.png") still collides.
+    return dedupe(keys)
+
+
+def dedupe(names: list[str]) -> list[str]:
+    """The names, with "~2", "~3"... added to any that an earlier one already took."""
     taken: set[str] = set()
     unique = []
-    for key in keys:
-        # Only a file literally named like another's kept extension ("a.jpg.png") gets here.
-        candidate, n = key, 1
+    for name in names:
+        candidate, n = name, 1
         while candidate in taken:
             n += 1
-            candidate = f"{key}~{n}"
+            candidate = f"{name}~{n}"
         taken.add(candidate)
         unique.append(candidate)
     return unique

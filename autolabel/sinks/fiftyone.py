@@ -1,27 +1,36 @@
-"""FiftyOne: push a run as samples, segment samples in place, score reviewed labels against ours.
+"""FiftyOne: push a run as samples, segment samples in place, score reviewed labels against ours,
+and a Labeler as a FiftyOne model (the remote zoo models autolabel-fast, -car and -pnp).
 
-The FiftyOne plugin (integrations/fiftyone) and `autolabel push fiftyone` both call these
-functions; nothing here talks to the App. Every field written has a custom run with the same
-key recording the settings that produced it (`dataset.get_run_info(key).config`).
+The FiftyOne plugin and zoo source (integrations/fiftyone) and `autolabel push fiftyone` call
+these functions; nothing here talks to the App. Images become labels in one place,
+`label_images`, for the segment operator and the zoo model alike. Every field the operators
+write has a custom run with the same key recording the settings that produced it
+(`dataset.get_run_info(key).config`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fiftyone as fo
+import fiftyone.core.models as fom
 import numpy as np
 from fiftyone.core.collections import SampleCollection
+from PIL import Image
 
 from autolabel import __version__
 from autolabel.errors import ImageError, UsageError
 from autolabel.instances import Instances, class_ious
-from autolabel.io.images import ImageEntry, LoadedImage, load_image
+from autolabel.io.images import ImageEntry, LoadedImage, LoadError, decode_pil, load_image
 from autolabel.io.resize import resize_labels
 from autolabel.io.run_folder import read_run
 from autolabel.provenance import package_versions
@@ -35,6 +44,13 @@ CLASSES_SUFFIX = "_classes"
 WRITE_CHUNK = 256  # samples per database write when pushing
 MISTAKE_IOU = 0.5  # classes whose two masks overlap less than this are listed for review
 LABEL_TYPES = (fo.Detections, fo.Polylines, fo.Segmentation)
+# The remote zoo models (integrations/fiftyone/manifest.json) and the method each one runs.
+ZOO_MODELS = {"autolabel-fast": "fast", "autolabel-car": "car", "autolabel-pnp": "pnp"}
+# What a LabelerModel returns per image: Detections, Segmentation, or both as
+# {"instances": ..., "semantic": ...} (apply_model's label_field is then their prefix).
+OUTPUTS = ("detections", "segmentation", "both")
+
+logger = logging.getLogger(__name__)
 
 
 def field_names(field_prefix: str) -> tuple[str, str]:
@@ -90,6 +106,63 @@ def detection_mask(detection: fo.Detection, size: tuple[int, int]) -> np.ndarray
 def to_segmentation(instances: Instances) -> fo.Segmentation:
     """The semantic label map of the instances (the run's masks/*.png), stored in the database."""
     return fo.Segmentation(mask=instances.label_map)
+
+
+# --- images to labels: the one path of the segment operator and the zoo model ----------------
+
+ImageSource = str | os.PathLike | np.ndarray
+
+
+@dataclass
+class ImageLabels:
+    """One image's result, and its FiftyOne labels (converted on first use)."""
+
+    instances: Instances
+
+    @cached_property
+    def detections(self) -> fo.Detections:
+        """What <prefix>_instances holds: one detection with a mask per instance."""
+        return to_detections(self.instances)
+
+    @cached_property
+    def segmentation(self) -> fo.Segmentation:
+        """What <prefix>_semantic holds: the label map, as masks/*.png of `autolabel run`."""
+        return to_segmentation(self.instances)
+
+
+def label_images(labeler: Labeler, images: Sequence[ImageSource]) -> list[ImageLabels | ImageError]:
+    """Label one batch with the Labeler; results in input order, a failed image as ImageError.
+
+    Images are file paths (samples' `filepath`), decoded as `autolabel run` decodes them (EXIF
+    orientation, first frame, colour mode), so the masks equal the run's; or decoded RGB arrays
+    (what FiftyOne passes a model without samples). The segment operator and the zoo model both
+    label through here.
+    """
+    loaded = [_decode(index, image) for index, image in enumerate(images)]
+    good = [item for item in loaded if isinstance(item, LoadedImage)]
+    results = labeler.label_loaded(good) if good else {}
+    labelled: list[ImageLabels | ImageError] = []
+    for item in loaded:
+        outcome = item if isinstance(item, ImageError) else results[item.entry.rel]
+        if isinstance(outcome, ImageError):
+            labelled.append(outcome)
+            continue
+        note = labeler.domain_note(item.size)
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=2)
+        labelled.append(ImageLabels(outcome))
+    return labelled
+
+
+def _decode(index: int, image: ImageSource) -> LoadedImage | LoadError:
+    """A batch item decoded upright; its entry's rel is its position (a file may come twice)."""
+    if isinstance(image, str | os.PathLike):
+        return load_image(ImageEntry(index, Path(image), str(index)))
+    entry = ImageEntry(index, Path("<array>"), str(index))
+    try:
+        return decode_pil(entry, Image.fromarray(np.asarray(image)))
+    except (TypeError, ValueError) as exc:
+        return LoadError(entry, f"not an image array ({exc})")
 
 
 def record_run(
@@ -257,18 +330,14 @@ def segment_samples(
         batch = list(
             zip(ids[start : start + batch_size], paths[start : start + batch_size], strict=True)
         )
-        # The sample id is the entry's key: a file may back several samples.
-        loaded = [load_image(ImageEntry(0, Path(path), sample_id)) for sample_id, path in batch]
-        good = [item for item in loaded if isinstance(item, LoadedImage)]
-        results = labeler.label_loaded(good) if good else {}
+        outcomes = label_images(labeler, [path for _, path in batch])
         detections, semantic = {}, {}
-        for (sample_id, path), item in zip(batch, loaded, strict=True):
-            outcome = item if isinstance(item, ImageError) else results[sample_id]
+        for (sample_id, path), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, ImageError):
                 progress.failed.append((path, outcome.reason))
                 continue
-            detections[sample_id] = to_detections(outcome)
-            semantic[sample_id] = to_segmentation(outcome)
+            detections[sample_id] = outcome.detections
+            semantic[sample_id] = outcome.segmentation
         if detections:
             dataset.set_values(instances_field, detections, key_field="id")
             dataset.set_values(semantic_field, semantic, key_field="id")
@@ -297,6 +366,174 @@ def segment_samples(
             "autolabel_version": __version__,
         },
     )
+
+
+# --- a Labeler as a FiftyOne model: apply_model and the remote zoo models --------------------
+
+
+@dataclass(frozen=True)
+class LabelerModelConfig:
+    """What a LabelerModel runs (FiftyOne reads `model.config`)."""
+
+    method: str
+    recipe: str | None
+    settings: dict[str, Any]
+    classes: list[str]
+    output: str
+
+
+class LabelerModel(fom.SamplesMixin, fom.Model):
+    """A Labeler as a FiftyOne image model: `collection.apply_model(model, label_field=...)`.
+
+    Batched (`apply_model(..., batch_size=N)` labels N images per `predict_all`). With samples,
+    the images are read from their file paths, as `autolabel run` reads them, so the masks equal
+    the run's; without (`model.predict(array)`), from the arrays. Each image gives `output`:
+    "detections" (fo.Detections with instance masks and confidence), "segmentation" (the label
+    map; set `dataset.mask_targets[field] = model.mask_targets`) or "both"
+    ({"instances": ..., "semantic": ...}, stored as <label_field>_instances and _semantic, the
+    fields of the segment operator). An image that cannot be labelled gets no label and a
+    logged warning. The weights load when apply_model starts (`with model:`), or on first use.
+    """
+
+    def __init__(self, labeler: Labeler, output: str = "detections") -> None:
+        fom.SamplesMixin.__init__(self)
+        if output not in OUTPUTS:
+            raise UsageError(f"output {output!r}: choose one of {', '.join(OUTPUTS)}")
+        self.labeler = labeler
+        self.output = output
+        self._preprocess = True
+
+    @property
+    def config(self) -> LabelerModelConfig:
+        return LabelerModelConfig(
+            self.labeler.method,
+            self.labeler.recipe,
+            self.labeler.settings,
+            self.classes,
+            self.output,
+        )
+
+    @property
+    def classes(self) -> list[str]:
+        """The vocabulary's class names, in category id order."""
+        return list(self.labeler.vocabulary.names)
+
+    @property
+    def mask_targets(self) -> dict[int, str]:
+        """Pixel value -> class name of the "segmentation" output (0 is background)."""
+        return {i + 1: name for i, name in enumerate(self.classes)}
+
+    @property
+    def media_type(self) -> str:
+        return "image"
+
+    @property
+    def ragged_batches(self) -> bool:
+        return False  # images of any sizes batch together: predict_all takes them as they are
+
+    @property
+    def transforms(self) -> None:
+        return None
+
+    @property
+    def preprocess(self) -> bool:
+        return self._preprocess
+
+    @preprocess.setter
+    def preprocess(self, value: bool) -> None:
+        self._preprocess = value
+
+    def __enter__(self) -> LabelerModel:
+        self.labeler.load()  # a bad model fails here, once, not in every batch
+        return self
+
+    def predict(self, arg: Any, sample: Any = None) -> Any:
+        return self.predict_all([arg], samples=None if sample is None else [sample])[0]
+
+    def predict_all(self, args: Any, samples: Any = None) -> list[Any]:
+        images = list(args)
+        samples = [None] * len(images) if samples is None else list(samples)
+        sources = [
+            _image_source(image, sample) for image, sample in zip(images, samples, strict=True)
+        ]
+        predictions = []
+        for source, outcome in zip(sources, label_images(self.labeler, sources), strict=True):
+            if isinstance(outcome, ImageError):
+                where = source if isinstance(source, str | os.PathLike) else "image array"
+                logger.warning("autolabel: %s: %s", where, outcome.reason)
+                predictions.append(None)
+            elif self.output == "detections":
+                predictions.append(outcome.detections)
+            elif self.output == "segmentation":
+                predictions.append(outcome.segmentation)
+            else:
+                predictions.append(
+                    {"instances": outcome.detections, "semantic": outcome.segmentation}
+                )
+        return predictions
+
+
+def _image_source(image: Any, sample: Any) -> ImageSource:
+    """The sample's local file when there is one (decoded as a run decodes it), else the array
+    FiftyOne read (media in the cloud, or no sample)."""
+    path = getattr(sample, "filepath", None)
+    if path and os.path.isfile(path):
+        return path
+    return image
+
+
+def zoo_model(
+    model_name: str,
+    classes: Any = None,
+    *,
+    output: str = "detections",
+    **options: Any,
+) -> LabelerModel:
+    """The zoo model `model_name` (a ZOO_MODELS key): a LabelerModel running that method.
+
+    `classes` is what Labeler takes as its vocabulary (class lines such as "dog: puppy", or a
+    vocabulary file's path); `options` are Labeler's (recipe, model, settings, device, ...).
+    Everything is checked now; the weights load on first use.
+    """
+    if model_name not in ZOO_MODELS:
+        raise UsageError(
+            f"unknown autolabel zoo model {model_name!r}; choose one of {', '.join(ZOO_MODELS)}"
+        )
+    method = ZOO_MODELS[model_name]
+    if classes is None:
+        raise UsageError(
+            f"{model_name}: give the classes to segment, "
+            "e.g. load_zoo_model(..., classes=['cat', 'dog: puppy'])"
+        )
+    if options.get("method") not in (None, method):
+        raise UsageError(
+            f"{model_name} runs method {method!r}, not {options['method']!r}; "
+            f"load autolabel-{options['method']} instead"
+        )
+    options["method"] = method
+    options.setdefault("lazy", True)
+    from autolabel.api import Labeler
+
+    return LabelerModel(Labeler(classes, **options), output)
+
+
+def mark_zoo_model_downloaded(model_name: str, model_path: str | os.PathLike) -> None:
+    """Write the file that tells FiftyOne a zoo model is downloaded.
+
+    autolabel's models need nothing ahead of time: the Labeler fetches (and caches) its
+    weights on first use. The file says so, for whoever looks in the model zoo folder.
+    """
+    if model_name not in ZOO_MODELS:
+        raise UsageError(f"unknown autolabel zoo model {model_name!r}")
+    path = Path(model_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    note = {
+        "model": model_name,
+        "method": ZOO_MODELS[model_name],
+        "autolabel": __version__,
+        "weights": "downloaded and cached by autolabel on first use, not stored here",
+    }
+    path.write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
 
 
 # --- disagreement between a reviewed field and autolabel's predictions ----------------------

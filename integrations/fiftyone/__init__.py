@@ -1,7 +1,15 @@
-"""autolabel operators for FiftyOne: forms and progress only; the work is in autolabel itself.
+"""autolabel in FiftyOne: a plugin and a remote model zoo source, both in this one folder.
 
+As a plugin (fiftyone.yml, `register`), two operators; forms and progress only:
 segment              label the target view with <field>_instances / <field>_semantic
 find_label_mistakes  score how much a reviewed field disagrees with autolabel's masks
+
+As a zoo source (manifest.json, `download_model` / `load_model`, and the App form hooks
+`resolve_input` / `parse_parameters`): the models autolabel-fast, autolabel-car and
+autolabel-pnp, for `foz.load_zoo_model(name, classes=[...])` and `apply_model`.
+
+The work is in autolabel itself (autolabel/sinks/fiftyone.py): the segment operator and the zoo
+models label images through the same function, `label_images`.
 """
 
 from __future__ import annotations
@@ -19,10 +27,15 @@ from autolabel.config import DEFAULT_METHOD, list_recipes, resolve_method
 from autolabel.errors import UsageError
 from autolabel.methods.base import METHODS
 from autolabel.sinks.fiftyone import (
+    OUTPUTS,
+    ZOO_MODELS,
+    LabelerModel,
     field_names,
     label_classes,
+    mark_zoo_model_downloaded,
     score_disagreement,
     segment_samples,
+    zoo_model,
 )
 from autolabel.vocab import DEFAULT_BACKGROUND, Vocabulary, parse_vocabulary
 
@@ -365,3 +378,72 @@ def register(plugin: Any) -> None:
     """FiftyOne's plugin entry point."""
     plugin.register(Segment)
     plugin.register(FindLabelMistakes)
+
+
+# --- the remote model zoo source (manifest.json) --------------------------------------------
+# FiftyOne imports this file from its copy of the folder under fo.config.model_zoo_dir, as a
+# module named after the manifest's "name" ("@autolabel/autolabel" -> "@autolabel.autolabel";
+# the name must never be plain "autolabel", which would replace the autolabel package).
+
+
+def download_model(model_name: str, model_path: str) -> None:
+    """Zoo hook: nothing to fetch ahead of time (the Labeler downloads weights on first use),
+    so only the file that tells FiftyOne the model is downloaded is written."""
+    mark_zoo_model_downloaded(model_name, model_path)
+
+
+def load_model(model_name: str, model_path: str, **kwargs: Any) -> LabelerModel:
+    """Zoo hook behind `foz.load_zoo_model(model_name, classes=[...], **kwargs)`.
+
+    `classes`: class lines ("dog: puppy, hound") or a vocabulary file's path. `output`:
+    "detections" (default), "segmentation" or "both". The rest go to `autolabel.Labeler`:
+    recipe, model, pretrained, checkpoint, settings, background, device, max_side, min_area...
+    """
+    return zoo_model(model_name, **kwargs)
+
+
+def resolve_input(model_name: str, ctx: Any) -> types.Property:
+    """Zoo hook: the model's options in the App's "Apply zoo model" form (stored there under
+    ctx.params["remote_params"]); parse_parameters turns them into load_model's arguments."""
+    params = ctx.params.get("remote_params") or {}
+    inputs = types.Object()
+    vocabulary = inputs.str(
+        "classes",
+        required=True,
+        label="Vocabulary",
+        description=VOCAB_HELP,
+        view=types.TextFieldView(multiline=True, rows=5),
+    )
+    _check(vocabulary, lambda: parse_vocabulary(params.get("classes") or "", "vocabulary"))
+    recipes = types.AutocompleteView()
+    for name in list_recipes():
+        recipes.add_choice(name, label=name)
+    recipe = inputs.str(
+        "recipe", label="Recipe", description="A bundled recipe or a .yaml path", view=recipes
+    )
+    method = ZOO_MODELS.get(model_name)
+    _check(recipe, lambda: resolve_method(method, params.get("recipe") or None))
+    inputs.str("model", label="Model", description="Backbone name, e.g. ViT-B-16 or toy")
+    inputs.str("device", default="auto", label="Device", description="auto, cpu, cuda or cuda:N")
+    outputs = types.DropdownView()
+    for name in OUTPUTS:
+        outputs.add_choice(name, label=name)
+    inputs.enum(
+        "output",
+        outputs.values(),
+        default="detections",
+        label="Output",
+        description="both: <label field>_instances and _semantic, as the segment operator",
+        view=outputs,
+    )
+    inputs.int("max_side", default=1024, label="Max side", description="Pixels processed")
+    inputs.int("min_area", default=16, label="Min area", description="Smaller instances dropped")
+    return types.Property(inputs)
+
+
+def parse_parameters(model_name: str, ctx: Any, params: dict[str, Any]) -> None:
+    """Zoo hook: the form's values, in place, as load_model's keyword arguments."""
+    for key in [key for key, value in params.items() if value is None or value == ""]:
+        del params[key]
+    if isinstance(params.get("classes"), str):
+        params["classes"] = params["classes"].splitlines()

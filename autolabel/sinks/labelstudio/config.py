@@ -14,11 +14,6 @@ from autolabel.vocab import DEFAULT_BACKGROUND, VocabClass, Vocabulary
 BRUSH_NAME = "brush"
 POLYGON_NAME = "polygon"
 IMAGE_NAME = "image"
-# Distinct, readable over photos; beyond these, colours are spread evenly around the hue circle.
-PALETTE = (
-    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-    "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
