@@ -11,7 +11,8 @@ from open_clip.model import convert_weights_to_fp16
 
 from autolabel.errors import ModelLoadError
 from autolabel.models.checkpoints import create_from_checkpoint, looks_openai, read_state_dict
-from autolabel.models.clip import encode_tokens, load_clip, wants_quick_gelu
+from autolabel.models.clip import load_clip, wants_quick_gelu
+from autolabel.models.vit import encode_tokens
 
 CPU = torch.device("cpu")
 

@@ -17,6 +17,7 @@ import torch
 
 from autolabel.errors import ModelLoadError
 from autolabel.models.checkpoints import create_from_checkpoint, wants_quick_gelu
+from autolabel.models.vit import encode_tokens
 from autolabel.toyworld import TOY_NAME
 
 TOY_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
@@ -72,28 +73,6 @@ class ClipModel:
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
         return (images - mean) / std
-
-
-def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """model.encode_text(tokens), run only up to the longest prompt's end token when exact.
-
-    With a causal mask and end-token pooling nothing after a prompt's end can change its
-    embedding, so short prompts skip the padding of the 77-token context (several times less
-    text-encoder work for typical class prompts).
-    """
-    import open_clip
-
-    plain = type(model) is open_clip.model.CLIP and model.text_projection is not None
-    if not (plain and model.text_pool_type == "argmax" and model.attn_mask is not None):
-        return model.encode_text(tokens)
-    length = int(tokens.argmax(dim=-1).max()) + 1
-    tokens = tokens[:, :length]
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
-    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
-    x = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]
-    proj = model.text_projection
-    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
 
 def resolve_device(device: str) -> torch.device:

@@ -154,10 +154,32 @@ def last_block_input(visual: torch.nn.Module, images: torch.Tensor) -> torch.Ten
     return x
 
 
+def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """model.encode_text(tokens), run only up to the longest prompt's end token when exact.
+
+    With a causal mask and end-token pooling nothing after a prompt's end can change its
+    embedding, so short prompts skip the padding of the 77-token context (several times less
+    text-encoder work for typical class prompts).
+    """
+    import open_clip
+
+    plain = type(model) is open_clip.model.CLIP and model.text_projection is not None
+    if not (plain and model.text_pool_type == "argmax" and model.attn_mask is not None):
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]
+    proj = model.text_projection
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
 def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """model.encode_text (causal mask, argmax/EOT pooling) through block_forward, for training.
 
-    Inference encodes text with autolabel.models.clip.encode_tokens (open_clip's own blocks,
+    Inference encodes text with encode_tokens above (open_clip's own blocks,
     the context cut at the longest prompt); this path trains several times faster on CPU
     (see block_forward) and its numbers may differ from open_clip's in the last bits.
     """
