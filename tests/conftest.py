@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,3 +96,16 @@ def tiny_run(tmp_path: Path, image_folder: Path, vocab_file: Path, tiny_recipe: 
     summary: RunSummary = run_job(tiny_config(image_folder, vocab_file, out, tiny_recipe))
     assert summary.ok == 3 and not summary.failed
     return out
+
+
+@pytest.fixture
+def predictor(tiny_recipe: Path, image_folder: Path) -> Any:
+    """The Label Studio backend's Predictor on the tiny fast recipe, reading Local Storage files
+    from the test images folder."""
+    from autolabel.api import Labeler
+    from autolabel.sinks.labelstudio.backend.media import MediaResolver
+    from autolabel.sinks.labelstudio.backend.predictor import SERVE_VOCABULARY, Predictor
+
+    media = MediaResolver(document_root=image_folder.parent)
+    labeler = Labeler(SERVE_VOCABULARY, recipe=str(tiny_recipe), device="cpu", min_area=0)
+    return Predictor(labeler, media)

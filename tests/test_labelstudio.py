@@ -17,18 +17,24 @@ from autolabel.io.run_folder import read_run
 from autolabel.provenance import model_version
 from autolabel.sinks.labelstudio.config import (
     find_target,
+    label_for,
     make_label_config,
     match_vocabulary,
     parse_interface,
+    prompt_vocabulary,
     vocabulary_from_target,
 )
 from autolabel.sinks.labelstudio.pull import PullSummary, review_task
 from autolabel.sinks.labelstudio.push import ImageUrls, run_model_version
 from autolabel.sinks.labelstudio.regions import (
+    Interaction,
     brush_region,
     check_prediction,
     make_prediction,
+    parse_context,
+    point_pixel,
     polygon_mask,
+    rectangle_mask,
     region_mask,
 )
 from autolabel.vocab import parse_vocabulary
@@ -187,6 +193,94 @@ def test_polygon_regions_rasterise_in_percent_of_the_image() -> None:
     }  # fmt: skip
     label, tri = region_mask(region)
     assert label == "dog" and 0 < tri.sum() < mask.sum()
+
+
+INTERACTIVE_CONFIG = """<View><Image name="img" value="$photo"/>
+  <BrushLabels name="masks" toName="img" model_score_threshold="0.25" model_skip="True">
+    <Label value="Cat" predicted_values="kitty"/><Label value="dog"/></BrushLabels>
+  <KeyPointLabels name="kp" toName="img" smart="true"><Label value="Cat"/></KeyPointLabels>
+  <TextArea name="prompt" toName="img"/><TextArea name="elsewhere" toName="other"/>
+  <Image name="other" value="$other"/></View>"""
+
+
+def test_config_attributes_for_the_ml_backend() -> None:
+    target = find_target(parse_interface(INTERACTIVE_CONFIG, "p"), "p")
+    assert (target.score_threshold, target.skip, target.prompts) == (0.25, True, ("prompt",))
+    plain, _ = _target()
+    assert (plain.score_threshold, plain.skip, plain.prompts) == (0.0, False, ())
+    for bad in ('"-0.1"', '"1.5"', '"high"', '"nan"'):
+        config = INTERACTIVE_CONFIG.replace('"0.25"', bad)
+        with pytest.raises(UsageError, match="model_score_threshold"):
+            find_target(parse_interface(config, "p"), "p")
+    for value, skip in (("1", True), ("yes", True), ("false", False), ("0", False)):
+        config = INTERACTIVE_CONFIG.replace('model_skip="True"', f'model_skip="{value}"')
+        assert find_target(parse_interface(config, "p"), "p").skip is skip
+
+
+def test_labels_and_text_prompts_map_onto_the_project_labels() -> None:
+    target = find_target(parse_interface(INTERACTIVE_CONFIG, "p"), "p")
+    assert [label_for(target, n) for n in ("Cat", "cat ", "KITTY", "dog", "horse")] == [
+        "Cat", "Cat", "Cat", "dog", None,
+    ]  # fmt: skip
+    label, vocab = prompt_vocabulary(" black  cat, kitty,, Kitty ", target, ("kitty", "sky"))
+    assert label == "Cat"  # the first label a phrase names
+    assert [(c.name, c.synonyms) for c in vocab.classes] == [("black cat", ("kitty",))]
+    assert vocab.background == ("sky",)  # a background word that is a phrase is dropped
+    label, vocab = prompt_vocabulary("zebra", target)
+    assert label == "Cat" and vocab.names == ["zebra"]  # names no label: the first label
+    with pytest.raises(UsageError, match="empty"):
+        prompt_vocabulary(" , ", target)
+
+
+def test_interactive_context_is_parsed_into_clicks_boxes_and_text() -> None:
+    context = {
+        "result": [
+            {"type": "keypointlabels", "value": {"x": 10, "y": 20.5, "keypointlabels": ["Cat"]},
+             "is_positive": False},
+            {"type": "rectanglelabels", "value": {"x": 1, "y": 2, "width": 3, "height": 4,
+                                                  "rectanglelabels": ["dog"]}},
+            {"type": "textarea", "value": {"text": ["a cat", " ", "kitty"]}},
+            {"type": "choices", "value": {"choices": ["x"]}},
+            {"type": "keypointlabels", "value": {"x": 5, "y": 5}},
+        ]
+    }  # fmt: skip
+    got = parse_context(context)
+    assert got == [
+        Interaction("point", "Cat", positive=False),
+        Interaction("box", "dog"),
+        Interaction("text", text="a cat, kitty"),
+        Interaction("point", ""),
+    ]
+    assert parse_context(None) == parse_context({}) == parse_context({"result": None}) == []
+    bad_contexts = [
+        [],
+        {"result": {}},
+        {"result": [1]},
+        {"result": [{"type": "keypointlabels", "value": {"x": "1", "y": 2}}]},
+        {"result": [{"type": "rectanglelabels", "value": {"x": 1, "y": 2, "width": 3}}]},
+        {"result": [{"type": "keypointlabels", "value": {"x": float("inf"), "y": 2}}]},
+        {"result": [{"type": "textarea", "value": {"text": [1]}}]},
+    ]
+    for bad in bad_contexts:
+        with pytest.raises(UsageError):
+            parse_context(bad)
+
+
+def test_clicks_and_boxes_map_from_percent_to_pixels() -> None:
+    assert point_pixel({"x": 0, "y": 0}, 40, 80) == (0, 0)
+    assert point_pixel({"x": 50, "y": 50}, 40, 80) == (20, 40)
+    assert point_pixel({"x": 100, "y": 100}, 40, 80) == (39, 79)  # the far edge: last pixel
+    assert point_pixel({"x": -5, "y": 140}, 40, 80) == (39, 0)
+    box = rectangle_mask({"x": 10, "y": 25, "width": 50, "height": 50}, 40, 80)
+    expected = np.zeros((40, 80), dtype=bool)
+    expected[10:30, 8:48] = True
+    assert np.array_equal(box, expected)
+    # LS rotates a box clockwise about its top-left corner: 90 degrees puts it left of x.
+    turned = rectangle_mask({"x": 50, "y": 10, "width": 20, "height": 10, "rotation": 90}, 100, 100)
+    rows, cols = np.nonzero(turned)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 30, 40, 50)
+    outside = rectangle_mask({"x": 120, "y": 0, "width": 10, "height": 10}, 10, 10)
+    assert not outside.any()
 
 
 def test_model_version_tracks_everything_that_shapes_masks() -> None:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from conftest import draw_scene
 
-from autolabel.api import Labeler
 from autolabel.errors import MediaError, UsageError
 from autolabel.instances import decode_rle
 from autolabel.io.run_folder import read_run
@@ -31,14 +30,6 @@ def _start(server: BackendServer) -> str:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return f"http://127.0.0.1:{server.server_port}"
-
-
-@pytest.fixture
-def predictor(tiny_recipe: Path, image_folder: Path) -> Predictor:
-    """The tiny fast recipe, reading Local Storage files from the test images folder."""
-    media = MediaResolver(document_root=image_folder.parent)
-    labeler = Labeler(SERVE_VOCABULARY, recipe=str(tiny_recipe), device="cpu", min_area=0)
-    return Predictor(labeler, media)
 
 
 @pytest.fixture
@@ -235,3 +226,57 @@ def test_media_resolver_reads_only_allowed_places(tmp_path: Path) -> None:
             media.fetch(url, 1, tmp_path)
     with pytest.raises(MediaError, match="LABEL_STUDIO_URL"):
         MediaResolver().fetch("/data/upload/1/a.png", 1, tmp_path)
+
+
+def test_predict_passes_context_and_params_but_not_credentials(
+    predictor: Predictor, config: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LS's interactive requests carry `params.context`; the backend's own basic-auth login
+    and password (also in params) are not handed to the model side."""
+    seen: dict = {}
+
+    def predict(
+        tasks: list[dict],
+        label_config: str,
+        context: dict | None = None,
+        params: dict | None = None,
+    ) -> list[dict]:
+        seen.update(tasks=tasks, context=context, params=params)
+        return [{"model_version": "v", "score": 0.0, "result": []} for _ in tasks]
+
+    monkeypatch.setattr(predictor, "predict", predict)
+    server = BackendServer(("127.0.0.1", 0), predictor)
+    url = _start(server)
+    try:
+        context = {"result": [{"type": "keypointlabels", "value": {"x": 1, "y": 2}}]}
+        body = {
+            "tasks": [_task(1, "/data/local-files/?d=images/a.png")],
+            "label_config": config,
+            "project": "1.1700000000",
+            "params": {"login": "ls", "password": "secret", "context": context},
+        }
+        response = httpx.post(f"{url}/predict", json=body, timeout=30)
+        assert response.status_code == 200
+        assert response.json()["results"] == [{"model_version": "v", "score": 0.0, "result": []}]
+        assert seen["context"] == context
+        assert seen["params"] == {"context": context}
+        assert seen["tasks"] == body["tasks"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_protocol_messages_are_validated_models() -> None:
+    from pydantic import ValidationError
+
+    from autolabel.sinks.labelstudio.backend.app import PredictRequest, SetupRequest
+
+    setup = SetupRequest.model_validate_json(
+        '{"project": "3.17", "schema": "<View/>", "hostname": "http://ls", "access_token": "t"}'
+    )
+    assert (setup.label_config, setup.project) == ("<View/>", "3.17")
+    request = PredictRequest.model_validate({"tasks": [{"id": 1}], "project": 3})
+    assert request.tasks == [{"id": 1}] and request.label_config is None
+    for bad in ('{"tasks": [1]}', '{"tasks": "x"}', "[]", '{"schema": ""}'):
+        with pytest.raises(ValidationError):
+            (SetupRequest if "schema" in bad else PredictRequest).model_validate_json(bad)

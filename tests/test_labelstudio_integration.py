@@ -254,3 +254,83 @@ def test_push_refuses_a_wrong_key_and_a_mismatching_project(
     err = capsys.readouterr().err
     assert "no BrushLabels label for 'blue disc', 'green bar'" in " ".join(err.split())
     assert list(client.tasks.list(project=project.id)) == []
+
+
+def test_interactive_click_through_label_studio_is_stored_back(
+    label_studio: LabelStudioServer, backend: tuple[str, Predictor], image_folder: Path,
+    vocab_file: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    """LS's interactive-annotating endpoint (what its frontend calls for a smart keypoint)
+    reaches the backend with the click as context; the region returned is the instance under
+    the click, and LS stores it as an annotation and as a prediction of the task."""
+    ls, client = label_studio, _client(label_studio)
+    backend_url, predictor = backend
+    names = load_vocabulary(vocab_file).names
+    keypoints = "".join(f'<Label value="{name}"/>' for name in names)
+    config = make_label_config(load_vocabulary(vocab_file)).replace(
+        "</View>",
+        f'<KeyPointLabels name="click" toName="image" smart="true">{keypoints}</KeyPointLabels>'
+        '<TextArea name="prompt" toName="image" editable="true"/></View>',
+    )
+    project = client.projects.create(title=f"interactive {tmp_path.name}", label_config=config)
+    client.import_storage.local.create(project=project.id, path=str(image_folder))
+    urls = ImageUrls.checked(image_folder, ls.document_root, None)
+    client.projects.import_tasks(id=project.id, request=[{"data": {"image": urls.url("a.png")}}])
+    (task,) = _tasks(client, project.id)
+    ml = client.ml.create(
+        project=project.id, url=backend_url, title="autolabel interactive", is_interactive=True,
+        auth_method="BASIC_AUTH", basic_auth_user="ls", basic_auth_pass="backend-pass",
+    )  # fmt: skip
+
+    # The instance to click on: the largest of the backend's own pre-annotation of the task.
+    (pre,) = predictor.predict([{"id": task["id"], "data": task["data"]}], config)
+    # Several regions: an answer with one shows that the click chose among them.
+    assert len(pre["result"]) > 1, "the tiny model found too little in a.png"
+    label, instance = max(
+        (region_mask(r) for r in pre["result"]), key=lambda pair: int(pair[1].sum())
+    )
+    height, width = instance.shape
+    rows, cols = np.nonzero(instance)
+    row, col = int(rows[len(rows) // 2]), int(cols[len(cols) // 2])
+    if not instance[row, col]:
+        row, col = int(rows[0]), int(cols[0])
+    click = {
+        "id": "click1", "from_name": "click", "to_name": "image", "type": "keypointlabels",
+        "origin": "manual", "original_width": width, "original_height": height,
+        "image_rotation": 0, "is_positive": True,
+        "value": {
+            "x": (col + 0.5) * 100 / width, "y": (row + 0.5) * 100 / height, "width": 0.5,
+            "keypointlabels": [label],
+        },
+    }  # fmt: skip
+    response = httpx.post(
+        f"{ls.url}/api/ml/{ml.id}/interactive-annotating",
+        json={"task": task["id"], "context": {"result": [click]}},
+        headers={"Authorization": f"Token {ls.api_key}"},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text[:500]
+    answer = response.json()
+    assert "errors" not in answer, answer
+    data = answer["data"]
+    assert data["model_version"] == predictor.spec(config).model_version
+    (region,) = data["result"]
+    got_label, got_mask = region_mask(region)
+    assert got_label == label
+    assert np.array_equal(got_mask, instance)
+
+    # Accepted by LS as the task's annotation and as a prediction, and read back unchanged.
+    client.annotations.create(id=task["id"], result=data["result"])
+    client.predictions.create(
+        task=task["id"], result=data["result"], score=data["score"],
+        model_version=data["model_version"],
+    )  # fmt: skip
+    (stored,) = _tasks(client, project.id)
+    (annotation,) = stored["annotations"]
+    (prediction,) = [
+        p for p in stored["predictions"] if p["model_version"] == data["model_version"]
+    ]
+    for result in (annotation["result"], prediction["result"]):
+        ((stored_label, stored_mask),) = [region_mask(r) for r in result]
+        assert stored_label == label
+        assert np.array_equal(stored_mask, instance)

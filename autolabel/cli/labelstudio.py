@@ -116,10 +116,16 @@ def serve_labelstudio(
     ),
     min_area: int = typer.Option(16, "--min-area", envvar="AUTOLABEL_MIN_AREA"),
     ls_url: str = typer.Option(
-        None, "--label-studio-url", envvar="LABEL_STUDIO_URL", help="To fetch task images."
+        None,
+        "--label-studio-url",
+        envvar=["LABEL_STUDIO_URL", "LABEL_STUDIO_HOST"],
+        help="To fetch task images.",
     ),
     api_key: str = typer.Option(
-        None, "--api-key", envvar="LABEL_STUDIO_API_KEY", help="To fetch task images."
+        None,
+        "--api-key",
+        envvar=["LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"],
+        help="To fetch task images.",
     ),
     document_root: Path = typer.Option(
         None,
@@ -134,6 +140,12 @@ def serve_labelstudio(
     basic_auth_pass: str = typer.Option(None, "--basic-auth-pass", envvar="BASIC_AUTH_PASS"),
     workers: int = typer.Option(
         1, "--workers", envvar="AUTOLABEL_WORKERS", help="Predict requests run at once."
+    ),
+    queue: int = typer.Option(
+        64, "--queue", envvar="AUTOLABEL_QUEUE", help="Predict requests waiting; more get 503."
+    ),
+    max_tasks: int = typer.Option(
+        100, "--max-tasks", envvar="AUTOLABEL_MAX_TASKS", help="Tasks per predict request."
     ),
     log_level: str = typer.Option("INFO", "--log-level", envvar="LOG_LEVEL"),
 ) -> None:
@@ -152,6 +164,8 @@ def serve_labelstudio(
         raise UsageError("--basic-auth-user and --basic-auth-pass go together")
     if workers < 1:
         raise UsageError("--workers must be at least 1")
+    if queue < 0 or max_tasks < 1:
+        raise UsageError("--queue must be at least 0 and --max-tasks at least 1")
     if document_root is not None and not document_root.is_dir():
         raise UsageError(f"--document-root {document_root}: not a folder")
     try:
@@ -174,7 +188,8 @@ def serve_labelstudio(
     predictor = Predictor(labeler, media)
     auth = (basic_auth_user, basic_auth_pass) if basic_auth_user is not None else None
     try:
-        server = BackendServer((host, port), predictor, ServerLimits(predict_slots=workers), auth)
+        limits = ServerLimits(predict_slots=workers, max_queue=queue, max_tasks=max_tasks)
+        server = BackendServer((host, port), predictor, limits, auth)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
     console.print(

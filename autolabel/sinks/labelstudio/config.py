@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -22,6 +23,10 @@ class LabelTarget:
 
     labels: label value -> its `predicted_values` synonyms, in config order.
     polygon: name of a PolygonLabels control on the same image, if the config has one.
+    score_threshold: the control's `model_score_threshold`: instances scoring below it are
+        dropped (0 keeps all).
+    skip: the control's `model_skip`: the backend predicts nothing for this project.
+    prompts: names of the TextArea controls on the same image (text prompts, interactive).
     """
 
     from_name: str
@@ -29,6 +34,9 @@ class LabelTarget:
     value_key: str
     labels: dict[str, tuple[str, ...]]
     polygon: str | None = None
+    score_threshold: float = 0.0
+    skip: bool = False
+    prompts: tuple[str, ...] = ()
 
 
 def label_color(index: int) -> str:
@@ -63,9 +71,14 @@ def parse_interface(label_config: str, where: str) -> LabelInterface:
 
 
 def find_target(interface: LabelInterface, where: str) -> LabelTarget:
-    """The first BrushLabels control attached to an Image, with its labels and synonyms."""
+    """The first BrushLabels control attached to an Image, with its labels and synonyms.
+
+    Its `model_score_threshold` and `model_skip` attributes are read as Label Studio's own ML
+    backends read them; TextArea controls on the same image are the text prompts.
+    """
     polygon = None
     brush = None
+    textareas = []
     for control in interface.controls or ():
         images = [obj for obj in control.objects if obj.tag.lower() == "image"]
         if not images:
@@ -74,6 +87,8 @@ def find_target(interface: LabelInterface, where: str) -> LabelTarget:
             brush = (control, images[0])
         elif control.tag.lower() == "polygonlabels" and polygon is None:
             polygon = control
+        elif control.tag.lower() == "textarea":
+            textareas.append(control)
     if brush is None:
         raise UsageError(
             f"{where}: the labeling config has no <BrushLabels> attached to an <Image>; autolabel "
@@ -94,7 +109,67 @@ def find_target(interface: LabelInterface, where: str) -> LabelTarget:
         value_key=image.value_name,
         labels=labels,
         polygon=polygon.name if polygon is not None else None,
+        score_threshold=_score_threshold(control.attr, f"{where}: <BrushLabels {control.name}>"),
+        skip=_true(control.attr.get("model_skip")),
+        prompts=tuple(t.name for t in textareas if image.name in t.to_name),
     )
+
+
+def _true(value: object) -> bool:
+    """A boolean config attribute as the ML backends read it ("1", "true", "yes")."""
+    return str(value or "false").strip().lower() in ("1", "true", "yes")
+
+
+def _score_threshold(attrs: dict, where: str) -> float:
+    raw = attrs.get("model_score_threshold")
+    if raw is None or not str(raw).strip():
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"{where}: model_score_threshold={raw!r} is not a number in [0, 1]")
+    return value
+
+
+def label_for(target: LabelTarget, name: str) -> str | None:
+    """The project label a name stands for: the label itself, the label ignoring case, or the
+    label listing it in predicted_values (ignoring case); None when none does."""
+    wanted = name.strip()
+    if wanted in target.labels:
+        return wanted
+    folded = wanted.lower()
+    for value in target.labels:
+        if value.lower() == folded:
+            return value
+    for value, synonyms in target.labels.items():
+        if any(s.lower() == folded for s in synonyms):
+            return value
+    return None
+
+
+def prompt_vocabulary(
+    text: str, target: LabelTarget, background: tuple[str, ...] = DEFAULT_BACKGROUND
+) -> tuple[str, Vocabulary]:
+    """A typed prompt as (the label its region gets, a one-class vocabulary to segment it).
+
+    The text is one phrase, or several split by commas (they become one class: the first is
+    its name, the rest synonyms). The label is the first the phrases name (see label_for),
+    else the config's first label. Background words that a phrase names are dropped.
+    """
+    phrases: list[str] = []
+    for part in text.split(","):
+        phrase = " ".join(part.split())
+        if phrase and phrase.lower() not in {p.lower() for p in phrases}:
+            phrases.append(phrase)
+    if not phrases:
+        raise UsageError("the text prompt is empty")
+    named = [label for phrase in phrases if (label := label_for(target, phrase))]
+    label = named[0] if named else next(iter(target.labels))
+    folded = {p.lower() for p in phrases}
+    words = tuple(w for w in background if w.lower() not in folded)
+    return label, Vocabulary((VocabClass(phrases[0], tuple(phrases[1:])),), words)
 
 
 def match_vocabulary(target: LabelTarget, vocab: Vocabulary, where: str) -> list[str]:
