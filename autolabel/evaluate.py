@@ -225,8 +225,7 @@ def evaluate_instances(run_dir: Path, gt_coco: Path) -> InstanceReport:
     run = read_run(run_dir)
     gt = read_coco(gt_coco, where=f"--gt-coco {gt_coco}")
     names = run.vocabulary.names
-    class_ids = {name: i + 1 for i, name in enumerate(names)}
-    gt_class = {c["id"]: class_ids.get(str(c["name"])) for c in gt.categories}
+    gt_class = match_categories(gt.categories, names)
     unmatched = sorted(str(c["name"]) for c in gt.categories if gt_class[c["id"]] is None)
     pairs = _pair_images(run.images, gt.images)
     if not pairs:
@@ -264,25 +263,39 @@ def evaluate_instances(run_dir: Path, gt_coco: Path) -> InstanceReport:
 
 
 def _pair_images(run_images: list, gt_images: list[dict[str, Any]]) -> list[tuple[Any, dict]]:
-    """(run image, ground-truth image) pairs: same relative path, else a base name unique to
-    one image on each side."""
+    """(run image, ground-truth image) pairs, as pair_file_names matches them."""
+    pairs = pair_file_names([image.file_name for image in run_images], gt_images)
+    return [(run_images[index], gt_image) for index, gt_image in pairs]
+
+
+def pair_file_names(
+    file_names: list[str], gt_images: list[dict[str, Any]]
+) -> list[tuple[int, dict[str, Any]]]:
+    """(index into file_names, ground-truth COCO image) pairs: the same relative path, else a
+    base name unique to one image on each side. Shared by `eval --gt-coco` and `tune --gt-coco`."""
     by_path = {str(g["file_name"]): g for g in gt_images}
     by_base: dict[str, list[dict]] = {}
     for g in gt_images:
         by_base.setdefault(Path(str(g["file_name"])).name, []).append(g)
-    run_bases: dict[str, int] = {}
-    for image in run_images:
-        base = Path(image.file_name).name
-        run_bases[base] = run_bases.get(base, 0) + 1
+    bases: dict[str, int] = {}
+    for name in file_names:
+        base = Path(name).name
+        bases[base] = bases.get(base, 0) + 1
     pairs = []
-    for image in run_images:
-        match = by_path.get(image.file_name)
-        base = Path(image.file_name).name
-        if match is None and run_bases[base] == 1 and len(by_base.get(base, [])) == 1:
+    for index, name in enumerate(file_names):
+        match = by_path.get(name)
+        base = Path(name).name
+        if match is None and bases[base] == 1 and len(by_base.get(base, [])) == 1:
             match = by_base[base][0]
         if match is not None:
-            pairs.append((image, match))
+            pairs.append((index, match))
     return pairs
+
+
+def match_categories(categories: list[dict[str, Any]], names: list[str]) -> dict[Any, int | None]:
+    """Ground-truth category id -> 1-based vocabulary class with the same name, or None."""
+    class_ids = {name: i + 1 for i, name in enumerate(names)}
+    return {c["id"]: class_ids.get(str(c["name"])) for c in categories}
 
 
 def _gt_annotation(
@@ -291,16 +304,7 @@ def _gt_annotation(
     """A ground-truth annotation in the run's ids, its mask as RLE (polygons rasterised)."""
     from pycocotools import mask as mask_utils
 
-    height, width = size
-    seg = ann.get("segmentation")
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    elif isinstance(seg, dict):
-        rle = {"size": seg["size"], "counts": str(seg["counts"]).encode("ascii")}
-    else:
-        raise UsageError(f"ground-truth annotation {ann.get('id')!r} has no segmentation")
+    rle = annotation_rle(ann, size)
     return {
         "id": ann_id,
         "image_id": image_id,
@@ -310,6 +314,22 @@ def _gt_annotation(
         "bbox": [float(v) for v in mask_utils.toBbox(rle)],
         "iscrowd": int(ann.get("iscrowd", 0)),
     }
+
+
+def annotation_rle(ann: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    """A COCO annotation's mask as pycocotools RLE (bytes counts): polygons rasterised,
+    uncompressed RLE compressed; UsageError for an annotation without a segmentation."""
+    from pycocotools import mask as mask_utils
+
+    height, width = size
+    seg = ann.get("segmentation")
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, height, width)
+    if isinstance(seg, dict):
+        return {"size": seg["size"], "counts": str(seg["counts"]).encode("ascii")}
+    raise UsageError(f"ground-truth annotation {ann.get('id')!r} has no segmentation")
 
 
 def _coco_ap(

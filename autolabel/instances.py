@@ -74,6 +74,8 @@ class Instances:
     names: list[str]
     items: list[Instance] = field(default_factory=list)
     scores: np.ndarray | None = None  # (K,) image-level presence per class, when the method has it
+    # How likely this labelling needs correction, in [0, 1] (autolabel.review), when computed.
+    priority: float | None = None
 
     def __post_init__(self) -> None:
         for inst in self.items:

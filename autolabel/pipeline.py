@@ -1,5 +1,8 @@
 """Pixels to instances: fit to the working size, segment, crop back, split into instances.
 
+Each image's review priority (autolabel.review) is computed here, once, and travels on
+`Instances.priority`.
+
 The one path from decoded images to `Instances`, shared by `Labeler.label`, runs, the Label
 Studio backend and the FiftyOne plugin. A failing image comes back as an ImageError value, so one
 bad image never ends a batch.
@@ -16,6 +19,7 @@ from autolabel.instances import Instances
 from autolabel.io.images import LoadedImage
 from autolabel.io.resize import fit_max_side
 from autolabel.methods.base import Segmenter, SegResult
+from autolabel.review import priority as review_priority
 from autolabel.vocab import Vocabulary
 
 # Images longer than this ratio are padded before segmentation: methods scale the short side to
@@ -40,9 +44,11 @@ def label_loaded(
             labelled[rel] = outcome
             continue
         try:
-            labelled[rel] = Instances.from_label_map(
+            instances = Instances.from_label_map(
                 outcome.labels, vocab.names, sizes[rel], outcome.probs, min_area, outcome.scores
             )
+            instances.priority = review_priority(outcome, instances)
+            labelled[rel] = instances
         except Exception as exc:  # one image's post-processing must not end a long run
             reason = f"post-processing failed: {type(exc).__name__}: {exc}"
             labelled[rel] = ImageError(rel, reason, "post")

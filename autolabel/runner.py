@@ -21,6 +21,7 @@ from autolabel.io.atomic import atomic_open, atomic_write_json
 from autolabel.io.coco import write_coco
 from autolabel.io.images import ImageEntry, LoadedImage, load_image, scan_images
 from autolabel.io.png import write_label_png, write_preview
+from autolabel.io.report import write_report
 from autolabel.io.run_folder import OUTPUT_NAMES, mask_name, preview_name
 from autolabel.io.store import RunStore
 from autolabel.pipeline import MAX_ASPECT, is_extreme_aspect
@@ -132,6 +133,10 @@ def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = N
             if progress is not None:
                 progress(1, len(entries), summary.resumed)
         _finish(store, entries, vocab, summary, run_info)
+        try:
+            write_report(config.out)
+        except Exception as exc:  # the report must never cost a finished run
+            summary.warnings.append(f"report.html not written: {type(exc).__name__}: {exc}")
     except OSError as exc:
         if exc.errno in FATAL_WRITE_ERRNOS:
             raise AutolabelError(
@@ -237,6 +242,7 @@ def _write_image(
         "stamp": stamp,
         "instances": [inst.to_dict() for inst in instances],
         "scores": [round(float(s), 6) for s in scores],
+        "priority": instances.priority,
     }
 
 
@@ -329,6 +335,8 @@ def _manifest_rows(
                 "seconds": rec.get("seconds", 0.0),
                 "instances": len(rec.get("instances", [])),
                 "mask": rec.get("mask"),
+                # Review priority (autolabel.review); None when failed or from an older version.
+                "priority": rec.get("priority"),
             },
         )
     while pending is not None:
@@ -344,4 +352,5 @@ def _skip_row(item: tuple[str, str]) -> dict[str, Any]:
         "seconds": 0.0,
         "instances": 0,
         "mask": None,
+        "priority": None,
     }

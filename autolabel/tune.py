@@ -9,6 +9,11 @@ class's region is kept and the rest blanked, and CLIP is asked whether that mask
 more like the class than a blank image does. The reward is the fraction of tagged classes for
 which it does. Random search (grid points drawn without replacement) keeps the best setting.
 Every evaluated candidate is appended to a JSONL log, so an interrupted search resumes.
+
+With reviewed masks (`--gt-coco`), the reward is instead the mean IoU against them
+(`miou_reward`), on the images that have them; the search and log are the same, and the recipe
+holds the best setting only if a paired bootstrap over those images says it beats the default
+(`bootstrap_confidence`), since a gain on a few images may be noise.
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ import torch
 
 from autolabel.config import Recipe, TuneConfig, save_recipe
 from autolabel.errors import ModelLoadError, UsageError
-from autolabel.io.coco import read_coco
+from autolabel.evaluate import (
+    SegmentationScores,
+    annotation_rle,
+    match_categories,
+    pair_file_names,
+)
+from autolabel.io.coco import CocoFile, read_coco
 from autolabel.io.resize import resize_labels
 from autolabel.methods.base import (
     Segmenter,
@@ -259,8 +270,164 @@ class RewardSet:
         return hits / total
 
 
+IGNORE = -1  # ground-truth pixels of categories outside the vocabulary: not scored
+
+
+def miou_reward(predictions: list[np.ndarray], truths: list[np.ndarray], num_classes: int) -> float:
+    """Mean IoU of label maps against ground-truth label maps, the reward with reviewed masks.
+
+    One confusion matrix is summed over all the images (pixels where the truth is IGNORE are
+    left out); for each class c, background (0) included, that occurs in the truth or the
+    predictions, IoU_c = |pred = c and truth = c| / |pred = c or truth = c|; the reward is the
+    mean of these IoUs, as `autolabel eval --gt-masks` computes mIoU. It is 1.0 exactly when
+    every scored pixel is right, and a class painted where the truth has none counts as 0.
+    `num_classes` is K + 1 (background included); predictions are resized (nearest) to the
+    truth's size when they differ.
+    """
+    scores = SegmentationScores(num_classes, ignore_index=IGNORE)
+    for pred, truth in zip(predictions, truths, strict=True):
+        if pred.shape != truth.shape:
+            pred = resize_labels(pred, truth.shape)
+        scores.add(pred, truth)
+    miou = scores.summary()["miou"]
+    return 0.0 if miou is None else float(miou)
+
+
+@dataclass
+class GroundTruthSet:
+    """Images with reviewed masks (label maps at the images' original size) and the vocabulary:
+    scores a candidate by `miou_reward`, in place of RewardSet's CLIP reward."""
+
+    images: list[np.ndarray]
+    truths: list[np.ndarray]
+    vocab: Vocabulary
+    batch_size: int = 1
+
+    def predict(self, segmenter: Segmenter) -> list[np.ndarray]:
+        """The segmenter's label map of each image."""
+        predictions = []
+        step = self.batch_size
+        for start in range(0, len(self.images), step):
+            chunk = self.images[start : start + step]
+            predictions += [r.labels for r in segmenter.segment_batch(chunk, self.vocab)]
+        return predictions
+
+    def score(self, segmenter: Segmenter) -> float:
+        """Segment the images and return the mean IoU against their ground truth."""
+        return miou_reward(self.predict(segmenter), self.truths, len(self.vocab) + 1)
+
+    def confusions(self, segmenter: Segmenter) -> np.ndarray:
+        """(images, K+1, K+1) per-image confusion matrices [truth, prediction]."""
+        out = []
+        for pred, truth in zip(self.predict(segmenter), self.truths, strict=True):
+            scores = SegmentationScores(len(self.vocab) + 1, ignore_index=IGNORE)
+            scores.add(resize_labels(pred, truth.shape), truth)  # a no-op at the same size
+            out.append(scores.confusion)
+        return np.stack(out)
+
+
+def pooled_miou(confusion: np.ndarray) -> np.ndarray:
+    """mIoU (as miou_reward defines it) of summed confusion matrices (..., K+1, K+1)."""
+    inter = np.diagonal(confusion, axis1=-2, axis2=-1).astype(np.float64)
+    union = confusion.sum(-2) + confusion.sum(-1) - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    present = (union > 0).sum(-1)
+    return np.where(present > 0, np.nansum(iou, -1) / np.maximum(present, 1), 0.0)
+
+
+def bootstrap_confidence(
+    default: np.ndarray, best: np.ndarray, rounds: int = 2000, seed: int = 0
+) -> float:
+    """How often the best setting's mIoU beats the default's when the reviewed images are
+    resampled with replacement (paired: the same images for both); ties count half.
+
+    default, best: (images, K+1, K+1) per-image confusion matrices of the two settings.
+    """
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(default), size=(rounds, len(default)))
+    gain = pooled_miou(best[picks].sum(1)) - pooled_miou(default[picks].sum(1))
+    return float(((gain > 0).sum() + 0.5 * (gain == 0).sum()) / rounds)
+
+
+@dataclass
+class ReviewedMasks:
+    """A COCO file of reviewed masks matched to a folder's images: images by file name (the
+    relative path, else a base name unique on both sides) and categories by name, as
+    `autolabel eval --gt-coco` matches them."""
+
+    path: Path
+    coco: CocoFile
+    classes: dict[Any, int | None]  # category id -> vocabulary class (1-based) or None
+    by_rel: dict[str, dict[str, Any]]  # relative path of a folder image -> its COCO image
+
+    @classmethod
+    def match(cls, path: Path, vocab: Vocabulary, rels: list[str], folder: Path) -> ReviewedMasks:
+        """Read and match; UsageError when no image or no category matches."""
+        where = f"--gt-coco {path}"
+        coco = read_coco(path, where=where)
+        classes = match_categories(coco.categories, vocab.names)
+        if not any(v is not None for v in classes.values()):
+            raise UsageError(
+                f"{where}: none of its categories ({', '.join(coco.names) or 'none'}) is named "
+                f"like a vocabulary class ({', '.join(vocab.names)})"
+            )
+        pairs = pair_file_names(rels, coco.images)
+        if not pairs:
+            raise UsageError(
+                f"{where}: none of its images has the file name of an image in {folder} "
+                "(the relative path, or a base name unique on both sides)"
+            )
+        return cls(path, coco, classes, {rels[index]: image for index, image in pairs})
+
+    def label_map(self, rel: str, size: tuple[int, int]) -> np.ndarray:
+        """The painted ground truth of a folder image of (height, width) `size`."""
+        image = self.by_rel[rel]
+        height, width = image.get("height", size[0]), image.get("width", size[1])
+        if (height, width) != tuple(size):
+            raise UsageError(
+                f"--gt-coco {self.path}: {image['file_name']} is {width}x{height}, the image "
+                f"{rel} is {size[1]}x{size[0]}"
+            )
+        anns = self.coco.annotations[image["id"]]
+        return paint_ground_truth(anns, self.classes, tuple(size), f"--gt-coco {self.path}")
+
+    def instances(self, rels: list[str]) -> int:
+        """How many annotations of vocabulary classes the images have."""
+        return sum(
+            self.classes.get(ann["category_id"]) is not None
+            for rel in rels
+            for ann in self.coco.annotations[self.by_rel[rel]["id"]]
+        )
+
+
+def paint_ground_truth(
+    annotations: list[dict[str, Any]],
+    classes: dict[Any, int | None],
+    size: tuple[int, int],
+    where: str = "--gt-coco",
+) -> np.ndarray:
+    """An H x W int32 label map painted from one image's COCO annotations (RLE, uncompressed
+    RLE or polygons): 0 where no annotation lies, the vocabulary class of each instance (later
+    ones win on overlap), IGNORE under categories outside the vocabulary unless a vocabulary
+    instance covers the pixel."""
+    from pycocotools import mask as mask_utils
+
+    labels = np.zeros(size, np.int32)
+    ordered = sorted(annotations, key=lambda a: classes.get(a["category_id"]) is not None)
+    for ann in ordered:  # stable: unmatched categories first, then file order
+        mask = mask_utils.decode(annotation_rle(ann, size)).astype(bool)
+        if mask.shape != tuple(size):
+            raise UsageError(
+                f"{where}: annotation {ann.get('id')!r} is a {mask.shape[1]}x{mask.shape[0]} "
+                f"mask on a {size[1]}x{size[0]} image"
+            )
+        cls = classes.get(ann["category_id"])
+        labels[mask] = IGNORE if cls is None else cls
+    return labels
+
+
 def make_evaluator(
-    method: str, base: dict[str, Any], device: str, sample: RewardSet
+    method: str, base: dict[str, Any], device: str, sample: RewardSet | GroundTruthSet
 ) -> Callable[[dict[str, Any]], float]:
     """The reward of a candidate: build the method with base + candidate settings, score it."""
 
@@ -350,7 +517,12 @@ def clip_tags(
 
 @dataclass
 class TuneSummary:
-    """What a search did and where it wrote."""
+    """What a search did and where it wrote.
+
+    reward: "clip" (tags_source: where the tags came from, tagged_classes: how many) or "miou"
+    (tags_source: the --gt-coco file, tagged_classes: its instances of vocabulary classes on the
+    images used; skipped: images of the folder it has no entry for, left out).
+    """
 
     result: SearchResult
     recipe_path: Path
@@ -359,6 +531,13 @@ class TuneSummary:
     tagged_classes: int
     tags_source: str
     space: Space
+    reward: str = "clip"
+    skipped: int = 0
+    chosen: Trial | None = None  # what the recipe holds: the best, or the default if kept
+    confidence: float | None = None  # with --gt-coco: bootstrap_confidence of best vs default
+
+
+MIN_CONFIDENCE = 0.95  # with reviewed masks: the best replaces the default only this surely
 
 
 def log_path_for(out: Path) -> Path:
@@ -366,11 +545,23 @@ def log_path_for(out: Path) -> Path:
     return out.with_name(out.name + LOG_SUFFIX)
 
 
-def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = None) -> TuneSummary:
-    """Search the method's settings on the images and write the best as a recipe."""
+def run_tune(
+    config: TuneConfig,
+    progress: Callable[[int, int], None] | None = None,
+    gt_coco: Path | None = None,
+    min_confidence: float = MIN_CONFIDENCE,
+) -> TuneSummary:
+    """Search the method's settings on the images and write the best as a recipe.
+
+    gt_coco: reviewed masks as COCO (`autolabel pull` output or any export). The reward is then
+    `miou_reward` against them instead of the CLIP reward, and only the images it has an entry
+    for (matched by file name, as `autolabel eval --gt-coco` does) are sampled; it cannot be
+    combined with tags (`config.tags`), and no reward CLIP is loaded. The recipe then holds the
+    best setting only if it beats the default in at least `min_confidence` of bootstrap
+    resamples of the reviewed images (`bootstrap_confidence`), else the default settings.
+    """
     from autolabel.io.images import LoadedImage, iter_images, scan_images
     from autolabel.io.resize import fit_max_side
-    from autolabel.models.clip import load_clip
     from autolabel.vocab import load_vocabulary
 
     check_tunable(config.method)
@@ -378,6 +569,11 @@ def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = N
         raise UsageError(f"-o {config.out}: the recipe must be a .yaml file")
     if config.max_images < 1:
         raise UsageError("autolabel tune: --max-images must be at least 1")
+    if gt_coco is not None and config.tags is not None:
+        raise UsageError(
+            "autolabel tune: --gt-coco and --tags are exclusive: with reviewed masks the reward "
+            "is their mean IoU, and tags are only used by the CLIP reward"
+        )
     resolved = config.resolve()
     base = dict(resolved.settings)
     validated = validate_settings(config.method, base)  # before any image or model loads
@@ -385,6 +581,11 @@ def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = N
     if not config.images.is_dir():
         raise UsageError(f"{config.images}: not a folder of images")
     entries, _ = scan_images(config.images)
+    reviewed, skipped = None, 0
+    if gt_coco is not None:  # only images with reviewed masks are sampled
+        reviewed = ReviewedMasks.match(gt_coco, vocab, [e.rel for e in entries], config.images)
+        skipped = len(entries) - len(reviewed.by_rel)
+        entries = [e for e in entries if e.rel in reviewed.by_rel]
     step = max(1, len(entries) // config.max_images)  # spread the sample over the folder
     loaded = [im for im in iter_images(entries[::step]) if isinstance(im, LoadedImage)]
     loaded = loaded[: config.max_images]
@@ -393,48 +594,90 @@ def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = N
     rels = [im.entry.rel for im in loaded]
     arrays = [fit_max_side(im.rgb, config.max_side) for im in loaded]
 
-    try:
-        clip = load_clip(
-            config.clip_model, config.clip_pretrained, config.clip_checkpoint, config.device
-        )
-    except ModelLoadError as exc:
-        raise ModelLoadError(
-            f"autolabel tune, reward CLIP (--clip-model): {exc}\n"
-            "For the reward CLIP, pass the weights with --clip-checkpoint PATH."
-        ) from exc
-    if config.tags is not None:
-        tags, source = load_tags(config.tags, vocab, rels), str(config.tags)
+    identity: dict[str, Any] = {
+        "method": config.method,
+        "settings": base,
+        "vocabulary": vocab.fingerprint(),
+        "images": rels,
+        "max_side": config.max_side,
+    }
+    sample: RewardSet | GroundTruthSet
+    if reviewed is not None:
+        truths = [reviewed.label_map(im.entry.rel, im.size) for im in loaded]
+        counted = reviewed.instances(rels)
+        digest = hashlib.sha256(b"".join(t.tobytes() for t in truths)).hexdigest()[:16]
+        identity["ground_truth"] = digest  # the painted maps: other reviews restart the search
+        source = str(reviewed.path)
+        sample = GroundTruthSet(arrays, truths, vocab, config.batch_size)
     else:
-        tags, source = clip_tags(clip, arrays, vocab, config.tag_threshold), "CLIP"
+        from autolabel.models.clip import load_clip
+
+        try:
+            clip = load_clip(
+                config.clip_model, config.clip_pretrained, config.clip_checkpoint, config.device
+            )
+        except ModelLoadError as exc:
+            raise ModelLoadError(
+                f"autolabel tune, reward CLIP (--clip-model): {exc}\n"
+                "For the reward CLIP, pass the weights with --clip-checkpoint PATH."
+            ) from exc
+        if config.tags is not None:
+            tags, source = load_tags(config.tags, vocab, rels), str(config.tags)
+        else:
+            tags, source = clip_tags(clip, arrays, vocab, config.tag_threshold), "CLIP"
+        identity["tags"] = tags
+        identity["clip"] = [config.clip_model, config.clip_pretrained, config.clip_checkpoint]
+        counted = sum(len(t) for t in tags)
+        sample = RewardSet(ClipReward(clip, vocab), arrays, tags, vocab, config.batch_size)
     space = search_space(config.method, validated, config.device)
     effective = build_segmenter(config.method, validated, config.device).describe()["settings"]
     default = {k: effective[k] for k in space if k in effective}
     log_path = log_path_for(config.out)
     if config.restart and log_path.exists():
         log_path.unlink()
-    key = fingerprint(
-        {
-            "method": config.method,
-            "settings": base,
-            "vocabulary": vocab.fingerprint(),
-            "images": rels,
-            "max_side": config.max_side,
-            "tags": tags,
-            "clip": [config.clip_model, config.clip_pretrained, config.clip_checkpoint],
-        }
-    )
-    sample = RewardSet(ClipReward(clip, vocab), arrays, tags, vocab, config.batch_size)
+    key = fingerprint(identity)
     evaluate = make_evaluator(config.method, base, config.device, sample)
     result = random_search(
         space, evaluate, config.budget, config.seed, log_path, key, default or None, progress
     )
-    best = result.best
-    settings = {**base, **best.params}
+    best = chosen = result.best
     default_trial = result.default
-    note = f"autolabel tune: reward {best.reward:.3f}"
-    if default_trial is not None:
-        note += f" (default settings {default_trial.reward:.3f})"
-    note += f" on {len(arrays)} images, tags from {source}, {len(result.trials)} settings tried"
+    confidence = None
+    if (
+        isinstance(sample, GroundTruthSet)
+        and default_trial is not None
+        and best is not default_trial
+    ):
+        # A few reviewed images are a small sample: keep the default unless the best setting
+        # beats it on most resamples of them (a gain within the noise does not carry over).
+        confidence = bootstrap_confidence(
+            *(
+                sample.confusions(
+                    build_segmenter(config.method, {**base, **t.params}, config.device)
+                )
+                for t in (default_trial, best)
+            )
+        )
+        if confidence < min_confidence:
+            chosen = default_trial
+    settings = {**base, **chosen.params}
+    name = "reward" if gt_coco is None else "mIoU"
+    if chosen is not best:
+        note = (
+            f"autolabel tune: kept the default settings (mIoU {chosen.reward:.3f}): the best "
+            f"found ({best.reward:.3f}) beat them in only {confidence:.0%} of bootstrap resamples "
+            f"of the images ({min_confidence:.0%} needed)"
+        )
+    else:
+        note = f"autolabel tune: {name} {best.reward:.3f}"
+        if default_trial is not None:
+            note += f" (default settings {default_trial.reward:.3f}"
+            note += ")" if confidence is None else f", beaten in {confidence:.0%} of resamples)"
+    if gt_coco is None:
+        note += f" on {len(arrays)} images, tags from {source}"
+    else:
+        note += f" on {len(arrays)} images with reviewed masks from {source}"
+    note += f", {len(result.trials)} settings tried"
     save_recipe(
         Recipe(
             name=config.out.stem,
@@ -448,5 +691,15 @@ def run_tune(config: TuneConfig, progress: Callable[[int, int], None] | None = N
         config.out,
     )
     return TuneSummary(
-        result, config.out, log_path, len(arrays), sum(len(t) for t in tags), source, space
+        result,
+        config.out,
+        log_path,
+        len(arrays),
+        counted,
+        source,
+        space,
+        "clip" if gt_coco is None else "miou",
+        skipped,
+        chosen,
+        confidence,
     )

@@ -8,6 +8,7 @@ mongod the tests skip, except under CI=true where they fail: CI must exercise th
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +27,16 @@ def unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def fiftyone_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def fiftyone_env() -> Iterator[dict[str, str]]:
     """Environment of a private FiftyOne: its own database folder, a plugins folder that holds
     this repository's plugin the way a user installs it (a link in the plugins dir), and its own
-    model zoo folder, where registered zoo sources are copied."""
-    base = tmp_path_factory.mktemp("fiftyone")
+    model zoo folder, where registered zoo sources are copied.
+
+    The folder is not under pytest's basetemp: a second pytest session of the same user deletes
+    older basetemps when it starts, which would pull the live database out from under mongod.
+    It stays in the system temp folder afterwards, because mongod only stops at interpreter exit.
+    """
+    base = Path(tempfile.mkdtemp(prefix="autolabel-fiftyone-"))
     plugins = base / "plugins"
     plugins.mkdir()
     (plugins / "autolabel").symlink_to(PLUGIN_DIR, target_is_directory=True)
@@ -44,12 +50,14 @@ def fiftyone_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
-    yield env
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    try:
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ from autolabel.methods.base import METHODS
 
 # Libraries that take seconds to import; the CLI imports them only inside the commands.
 HEAVY_MODULES = (
-    "torch", "scipy", "numpy", "PIL", "open_clip", "transformers", "fiftyone", "label_studio_sdk"
+    "torch", "scipy", "numpy", "PIL", "open_clip", "transformers", "fiftyone", "label_studio_sdk",
+    "matplotlib", "supervision",
 )  # fmt: skip
 
 

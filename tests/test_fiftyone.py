@@ -49,6 +49,7 @@ def test_push_matches_annotations_mask_for_mask(fo: ModuleType, tiny_run: Path, 
     for image in coco["images"]:
         path = str(Path(run["images_root"]) / image["file_name"])
         sample = samples[path]
+        assert sample.autolabel_priority == image["priority"]
         width, height = image["width"], image["height"]
         assert (sample.metadata.width, sample.metadata.height) == (width, height)
         expected = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
@@ -227,6 +228,7 @@ def test_segment_samples_with_a_labeler_keeps_going_past_a_broken_image(
     sample = dataset.match({"filepath": good}).first()
     assert len(sample.auto_instances.detections) == len(expected)
     assert np.array_equal(sample.auto_semantic.get_mask(), expected.label_map)
+    assert sample.auto_priority == expected.priority is not None
     assert dataset.match({"filepath": str(broken)}).first().auto_instances is None
     config = dataset.get_run_info("auto").config
     assert (config.method, config.min_area) == ("fast", 0)

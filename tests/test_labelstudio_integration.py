@@ -89,6 +89,8 @@ def test_push_reads_back_exactly_and_is_idempotent(
         image, annotations = expected[_file(task)]
         (prediction,) = task["predictions"]
         assert prediction["model_version"] == version
+        # The review priority is task data, a column the Data Manager sorts by.
+        assert task["data"]["priority"] == image["priority"]
         _assert_regions_equal(prediction["result"], annotations, run.vocabulary.names)
         assert all(
             (r["original_width"], r["original_height"]) == (image["width"], image["height"])

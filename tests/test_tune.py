@@ -229,3 +229,196 @@ def test_tune_car_searches_its_own_settings(
     recipe = load_recipe(str(out))
     assert set(SEARCH_SPACE) <= set(recipe.settings) and set(summary.space) == set(SEARCH_SPACE)
     validate_settings("car", {**recipe.settings, "model": recipe.model})
+
+
+# ----------------------------------------------------------- --gt-coco: reviewed masks
+
+
+def test_miou_reward_is_the_mean_iou_of_the_classes_present() -> None:
+    from autolabel.tune import IGNORE, miou_reward
+
+    truth = np.array([[0, 1], [1, 1]])
+    assert miou_reward([truth.copy()], [truth], 3) == 1.0  # perfect masks
+    # background: 1 / 2; class 1: 2 / 3; class 2 (absent everywhere) does not count
+    half = np.array([[0, 1], [0, 1]])
+    assert miou_reward([half], [truth], 3) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # a class painted where the truth has none counts as 0; IGNORE pixels are not scored
+    assert miou_reward([np.array([[2, 1], [1, 1]])], [truth], 3) == pytest.approx((0 + 1 + 0) / 3)
+    ignored = np.array([[IGNORE, 1], [1, 1]])
+    assert miou_reward([np.array([[2, 1], [1, 1]])], [ignored], 3) == 1.0
+    # one confusion matrix over all images; predictions are resized to the truth's size
+    assert miou_reward([np.ones((1, 1), int), np.zeros((2, 2), int)], [truth, truth], 3) == (
+        pytest.approx((1 / 5 + 3 / 7) / 2)
+    )
+
+
+def test_the_default_is_kept_unless_the_best_wins_on_resampled_images() -> None:
+    from autolabel.evaluate import SegmentationScores
+    from autolabel.tune import bootstrap_confidence, miou_reward, pooled_miou
+
+    rng = np.random.default_rng(5)
+    truths = [rng.integers(0, 3, (4, 4)) for _ in range(6)]
+    good = [t.copy() for t in truths]
+    noisy = [np.where(rng.random(t.shape) < 0.3, 0, t) for t in truths]
+
+    def confusions(preds):
+        out = []
+        for p, t in zip(preds, truths, strict=True):
+            scores = SegmentationScores(3, None)
+            scores.add(p, t)
+            out.append(scores.confusion)
+        return np.stack(out)
+
+    # pooled_miou is miou_reward, computed from per-image confusion matrices
+    assert pooled_miou(confusions(noisy).sum(0)) == pytest.approx(miou_reward(noisy, truths, 3))
+    assert pooled_miou(confusions(good).sum(0)) == 1.0
+    assert bootstrap_confidence(confusions(noisy), confusions(good)) == 1.0  # better everywhere
+    assert bootstrap_confidence(confusions(good), confusions(noisy)) == 0.0
+    assert bootstrap_confidence(confusions(noisy), confusions(noisy)) == 0.5  # ties count half
+    # better on one image, worse on another: about even, far from the 95% a change needs
+    mixed = [good[0], noisy[1], *noisy[2:]]
+    worse = [noisy[0], good[1], *noisy[2:]]
+    assert 0.2 < bootstrap_confidence(confusions(worse), confusions(mixed)) < 0.8
+
+
+def test_ground_truth_is_painted_from_coco_annotations() -> None:
+    from pycocotools import mask as mask_utils
+
+    from autolabel.tune import IGNORE, GroundTruthSet, paint_ground_truth
+
+    square = np.zeros((6, 8), bool)
+    square[1:4, 1:4] = True
+    rle = mask_utils.encode(np.asfortranarray(square.astype(np.uint8)))
+    anns = [
+        {"id": 1, "category_id": 9, "segmentation": {"size": [6, 8], "counts": [0, 48]}},
+        {"id": 2, "category_id": 5, "segmentation": {**rle, "counts": rle["counts"].decode()}},
+        {"id": 3, "category_id": 7, "segmentation": [[5, 0, 8, 0, 8, 6, 5, 6]]},
+    ]
+    labels = paint_ground_truth(anns, {5: 2, 7: 1, 9: None}, (6, 8))
+    expected = np.full((6, 8), IGNORE)  # category 9 is outside the vocabulary: not scored
+    expected[square] = 2
+    expected[:, 5:] = 1
+    assert labels.tolist() == expected.tolist()
+    with pytest.raises(UsageError, match="mask on a"):
+        paint_ground_truth(anns[1:2], {5: 2}, (7, 8))
+
+    class Perfect:  # a setting that reproduces the reviewed masks exactly
+        def segment_batch(self, images, vocab):
+            return [SegResult(np.where(labels == IGNORE, 0, labels), np.zeros(3)) for _ in images]
+
+    vocab = parse_vocabulary(VOCAB)
+    image = np.zeros((6, 8, 3), np.uint8)
+    assert GroundTruthSet([image, image], [labels, labels], vocab, 2).score(Perfect()) == 1.0
+
+
+def _toy_scenes(root: Path) -> Path:
+    from autolabel.toyworld.export import write_dataset
+
+    write_dataset(root, 4, 8383, 128)  # a seed no other test, benchmark or training uses
+    return root
+
+
+def _reviewed(scenes: Path, path: Path) -> Path:
+    """Reviewed masks for scenes 0-2 as COCO (ids of its own; scene 1 under another folder,
+    matched by its base name), none for scene 3, one image that is not in the folder."""
+    from autolabel.instances import Instances
+    from autolabel.io.png import read_label_png
+    from autolabel.toyworld.scenes import CLASSES
+
+    categories = [{"id": 40 + i, "name": name} for i, name in enumerate(CLASSES)]
+    images, annotations = [], []
+    for index, name in enumerate(["00000.png", "reviewed/00001.png", "00002.png"]):
+        labels = read_label_png(scenes / "masks" / Path(name).name)
+        images.append({"id": 7 + index, "file_name": name, "height": 128, "width": 128})
+        for ann in Instances.from_label_map(labels, list(CLASSES)).to_coco(7 + index):
+            ann.update(id=len(annotations) + 1, category_id=39 + ann["category_id"])
+            annotations.append(ann)
+    images.append({"id": 99, "file_name": "elsewhere.png", "height": 128, "width": 128})
+    data = {"images": images, "annotations": annotations, "categories": categories}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_cli_tune_against_reviewed_masks(tmp_path: Path, capsys) -> None:
+    from autolabel.io.png import read_label_png
+
+    scenes = _toy_scenes(tmp_path / "scenes")
+    gt = _reviewed(scenes, tmp_path / "reviewed.json")
+    out = tmp_path / "tuned.yaml"
+    args = ["tune", str(scenes / "images"), "--vocab", str(scenes / "vocab.txt"), "--method",
+            "car", "--recipe", "toy", "--model", "toy", "--gt-coco", str(gt), "--budget", "2",
+            "--device", "cpu", "-o", str(out)]  # fmt: skip
+    code = main(args)
+    text = " ".join("".join(capsys.readouterr()).split())  # the console wraps long lines
+    assert code == 0, text
+    assert "3 images" in text and "1 image(s) of the folder have none" in text
+    assert "mIoU against the reviewed masks" in text
+
+    trials = [json.loads(line)["trial"] for line in log_path_for(out).read_text().splitlines()[1:]]
+    assert len(trials) == 2 and trials[0]["default"]
+    assert trials[0]["params"] == {
+        "mask_threshold": 0.6, "confidence_threshold": 0.6, "clipes_threshold": 0.4,
+        "visual_prompts": ["gray", "blur"],
+    }  # fmt: skip
+    # The reward is the mean IoU against the masks of scenes 0-2 (scene 3 has none), here
+    # recomputed from the label PNGs themselves with the default settings.
+    settings = RunConfig(images=scenes, vocab=None, out=tmp_path, method="car", recipe="toy",
+                         model="toy").resolve().settings  # fmt: skip
+    segmenter = build_segmenter("car", settings, "cpu")
+    vocab = parse_vocabulary((scenes / "vocab.txt").read_text())
+    names = ["00000.png", "00001.png", "00002.png"]
+    images = [np.asarray(Image.open(scenes / "images" / n).convert("RGB")) for n in names]
+    preds = [r.labels for r in segmenter.segment_batch(images, vocab)]
+    truths = [read_label_png(scenes / "masks" / n) for n in names]
+    pred, truth = np.stack(preds), np.stack(truths)
+    ious = []
+    for cls in range(len(vocab) + 1):
+        union = int(((pred == cls) | (truth == cls)).sum())
+        if union:
+            ious.append(int(((pred == cls) & (truth == cls)).sum()) / union)
+    assert trials[0]["reward"] == pytest.approx(float(np.mean(ious)), abs=1e-9)
+    assert all(0.0 <= t["reward"] <= 1.0 for t in trials)
+
+    best = max(trials, key=lambda t: t["reward"])
+    recipe = load_recipe(str(out))
+    assert recipe.method == "car" and recipe.model == "toy" and "mIoU" in recipe.description
+    # The best replaces the default only if it wins on 95% of bootstrap resamples of the images.
+    assert ("bootstrap resamples" in text) == (best is not trials[0])
+    chosen = trials[0] if "kept the default" in recipe.description else best
+    assert {k: recipe.settings[k] for k in chosen["params"]} == chosen["params"]
+
+    # Other reviewed masks: the log of this search is refused, not silently reused.
+    data = json.loads(gt.read_text())
+    data["annotations"] = data["annotations"][1:]
+    gt.write_text(json.dumps(data))
+    assert main(args) == 2
+    assert "--restart" in "".join(capsys.readouterr())
+
+
+def test_cli_tune_gt_coco_errors_are_usage_errors(tmp_path: Path, capsys) -> None:
+    scenes = _toy_scenes(tmp_path / "scenes")
+    gt = _reviewed(scenes, tmp_path / "reviewed.json")
+    args = ["tune", str(scenes / "images"), "--vocab", str(scenes / "vocab.txt"), "--method",
+            "car", "--recipe", "toy", "--model", "toy", "--budget", "2", "--device", "cpu",
+            "-o", str(tmp_path / "t.yaml"), "--gt-coco"]  # fmt: skip
+    tags = tmp_path / "tags.csv"
+    tags.write_text("00000.png,red circle\n")
+    data = json.loads(gt.read_text())
+
+    def fails(coco: dict | None, *extra: str) -> str:
+        path = gt
+        if coco is not None:
+            path = tmp_path / "other.json"
+            path.write_text(json.dumps(coco))
+        assert main([*args, str(path), *extra]) == 2
+        return "".join(capsys.readouterr())
+
+    assert "exclusive" in fails(None, "--tags", str(tags))
+    renamed = {**data, "images": [{**im, "file_name": f"x{im['file_name'][-6:]}"}
+                                  for im in data["images"]]}  # fmt: skip
+    assert "none of its images" in fails(renamed)
+    others = {**data, "categories": [{**c, "name": f"{c['name']}s"} for c in data["categories"]]}
+    assert "none of its categories" in fails(others)
+    resized = {**data, "images": [{**im, "width": 64} for im in data["images"]]}
+    assert "is 64x128" in fails(resized)
+    assert not (tmp_path / "t.yaml").exists()

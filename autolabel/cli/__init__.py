@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "autolabel.cli.toyworld",
     "autolabel.cli.evaluate",
     "autolabel.cli.export",
+    "autolabel.cli.report",
 )
 
 err_console = Console(stderr=True, soft_wrap=True)

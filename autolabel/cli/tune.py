@@ -40,6 +40,15 @@ def tune(
             "--tags", help="Image-level tags: a COCO .json or a `file,tag;tag` CSV (default: CLIP)."
         ),
     ] = None,
+    gt_coco: Annotated[
+        Path | None,
+        typer.Option(
+            "--gt-coco",
+            help="Reviewed masks as COCO (e.g. what `pull` writes): the reward is their mean IoU "
+            "instead of CLIP's, on the images they cover (matched by file name, categories by "
+            "name). Not with --tags.",
+        ),
+    ] = None,
     tag_threshold: Annotated[
         float,
         typer.Option(
@@ -60,7 +69,8 @@ def tune(
         bool, typer.Option("--restart", help="Discard the log of an earlier search.")
     ] = False,
 ) -> None:
-    """Search a method's settings with a CLIP reward (no masks needed); write the best recipe.
+    """Search a method's settings with a CLIP reward (no masks needed), or against reviewed
+    masks (--gt-coco); write the best recipe.
 
     Reruns with the same -o resume: settings already in OUT.tune.jsonl are not evaluated again.
     """
@@ -77,18 +87,34 @@ def tune(
     config = opt.job_config(TuneConfig, ctx.params)
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("tune", total=budget)
-        summary = run_tune(config, lambda done, total: bar.update(task, completed=done))
+        summary = run_tune(
+            config, lambda done, total: bar.update(task, completed=done), gt_coco=gt_coco
+        )
     print_tune_summary(summary)
 
 
 def print_tune_summary(summary: TuneSummary) -> None:
     """Default vs best reward, the best settings, and where the recipe and log are."""
     result = summary.result
-    console.print(
-        f"{len(result.trials)} settings scored on {summary.images} images "
-        f"({summary.tagged_classes} tagged classes, tags from {summary.tags_source})"
-    )
-    table = Table("", "reward", *summary.space, title="CLIP reward (fraction of tagged classes)")
+    if summary.reward == "miou":
+        skipped = (
+            f"; {summary.skipped} image(s) of the folder have none and were left out"
+            if summary.skipped
+            else ""
+        )
+        console.print(
+            f"{len(result.trials)} settings scored on {summary.images} images against "
+            f"{summary.tagged_classes} reviewed instances from {summary.tags_source}{skipped}",
+            highlight=False,
+        )
+        title = "mIoU against the reviewed masks"
+    else:
+        console.print(
+            f"{len(result.trials)} settings scored on {summary.images} images "
+            f"({summary.tagged_classes} tagged classes, tags from {summary.tags_source})"
+        )
+        title = "CLIP reward (fraction of tagged classes)"
+    table = Table("", "reward", *summary.space, title=title)
     default = result.default
     if default is not None:
         table.add_row(
@@ -97,6 +123,14 @@ def print_tune_summary(summary: TuneSummary) -> None:
     best = result.best
     table.add_row("best", f"{best.reward:.3f}", *(str(best.params.get(k)) for k in summary.space))
     console.print(table)
+    if summary.confidence is not None:
+        kept = summary.chosen is not best
+        console.print(
+            f"the best beat the default in {summary.confidence:.0%} of bootstrap resamples of the "
+            "reviewed images: "
+            + ("within the noise, so the recipe keeps the default settings" if kept else "kept"),
+            highlight=False,
+        )
     console.print(
         f"recipe: {summary.recipe_path} (use it with `autolabel run --recipe "
         f"{summary.recipe_path}`); log: {summary.log_path}",

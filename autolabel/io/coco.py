@@ -28,7 +28,8 @@ def write_coco(
     """Write annotations.json from per-image records; returns (images, annotations) written.
 
     `records` is called twice (images, then annotations) and must yield the same successful
-    image records in the same order each time: {"file", "width", "height", "instances": [...]}.
+    image records in the same order each time: {"file", "width", "height", "instances": [...]},
+    optionally "priority" (then written to the image record as it is).
     Image ids are 1..N in that order; annotation ids 1..M in image order.
     """
     counts = [0, 0]
@@ -36,15 +37,15 @@ def write_coco(
     def images() -> Iterable[str]:
         for image_id, rec in enumerate(records(), 1):
             counts[0] = image_id
-            yield json.dumps(
-                {
-                    "id": image_id,
-                    "file_name": rec["file"],
-                    "width": rec["width"],
-                    "height": rec["height"],
-                },
-                ensure_ascii=False,
-            )
+            image = {
+                "id": image_id,
+                "file_name": rec["file"],
+                "width": rec["width"],
+                "height": rec["height"],
+            }
+            if "priority" in rec:  # how likely the annotations need correction (autolabel.review)
+                image["priority"] = rec["priority"]
+            yield json.dumps(image, ensure_ascii=False)
 
     def annotations() -> Iterable[str]:
         ann_id = 0

@@ -14,10 +14,15 @@ from autolabel.vocab import Vocabulary
 
 STATE_DIR = ".autolabel"
 # Files and folders a run writes; --overwrite removes exactly these and nothing else.
-OUTPUT_NAMES = ("annotations.json", "manifest.jsonl", "run.json", "masks", "previews", STATE_DIR)
+OUTPUT_NAMES = (
+    "annotations.json", "manifest.jsonl", "run.json", "report.html",
+    "masks", "previews", "report", STATE_DIR,
+)  # fmt: skip
 # Where a killed run can leave the temp files of atomic writes (".<name>.<random>.tmp") behind.
-TEMP_TREES = ("masks", "previews")
-TEMP_PREFIXES = tuple(f".{n}." for n in ("annotations.json", "manifest.jsonl", "run.json"))
+TEMP_TREES = ("masks", "previews", "report")
+TEMP_PREFIXES = tuple(
+    f".{n}." for n in ("annotations.json", "manifest.jsonl", "run.json", "report.html")
+)
 
 
 def mask_name(key: str) -> str:
@@ -42,6 +47,7 @@ class RunImage:
     height: int
     names: list[str] = field(repr=False)
     annotations: list[dict[str, Any]] = field(repr=False)  # its COCO annotations
+    priority: float | None = None  # its review priority (autolabel.review), when the run wrote one
 
     @property
     def size(self) -> tuple[int, int]:
@@ -132,7 +138,14 @@ def read_run(out: Path) -> RunFolder:
             annotations = coco.annotations[record["id"]]
             # Checked now, so that a broken annotation fails before anything is pushed.
             Instances.from_coco(annotations, size, names)
-            images.append(RunImage(str(record["file_name"]), size[1], size[0], names, annotations))
+            priority = record.get("priority")
+            if not isinstance(priority, int | float) or isinstance(priority, bool):
+                priority = None  # absent (an older run), or not a number: no priority
+            else:
+                priority = float(priority)
+            images.append(
+                RunImage(str(record["file_name"]), size[1], size[0], names, annotations, priority)
+            )
     except (KeyError, TypeError, ValueError) as exc:
         reason = f"no {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
         raise UsageError(

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 INSTANCES_SUFFIX = "_instances"
 SEMANTIC_SUFFIX = "_semantic"
 CLASSES_SUFFIX = "_classes"
+# <prefix>_priority: the image's review priority in [0, 1] (autolabel.review); sort by it.
+PRIORITY_SUFFIX = "_priority"
 WRITE_CHUNK = 256  # samples per database write when pushing
 MISTAKE_IOU = 0.5  # classes whose two masks overlap less than this are listed for review
 LABEL_TYPES = (fo.Detections, fo.Polylines, fo.Segmentation)
@@ -184,6 +186,14 @@ def _declare_fields(dataset: fo.Dataset, field_prefix: str, names: list[str]) ->
     dataset.save()
 
 
+def _set_priorities(
+    dataset: fo.Dataset, priority_field: str, values: dict[str, float | None], key_field: str
+) -> None:
+    """Write review priorities (a float field); nothing when none is known (an older run)."""
+    if any(v is not None for v in values.values()):
+        dataset.set_values(priority_field, values, key_field=key_field)
+
+
 def _root(collection: SampleCollection) -> fo.Dataset:
     """The dataset a view belongs to (where fields and runs are written)."""
     if isinstance(collection, fo.Dataset):
@@ -254,15 +264,18 @@ def push_run(
         dataset.add_samples(new)
     _declare_fields(dataset, field_prefix, run.vocabulary.names)
     instance_count = 0
+    priority_field = field_prefix + PRIORITY_SUFFIX
     for start in range(0, len(present), WRITE_CHUNK):
-        detections, semantic = {}, {}
+        detections, semantic, priorities = {}, {}, {}
         for path, image in present[start : start + WRITE_CHUNK]:
             instances = image.instances
             instance_count += len(instances)
             detections[path] = to_detections(instances)
             semantic[path] = to_segmentation(instances)
+            priorities[path] = image.priority
         dataset.set_values(instances_field, detections, key_field="filepath")
         dataset.set_values(semantic_field, semantic, key_field="filepath")
+        _set_priorities(dataset, priority_field, priorities, "filepath")
     provenance = {
         key: run.info.get(key)
         for key in ("method", "recipe", "settings", "models", "vocabulary", "versions", "config")
@@ -331,16 +344,18 @@ def segment_samples(
             zip(ids[start : start + batch_size], paths[start : start + batch_size], strict=True)
         )
         outcomes = label_images(labeler, [path for _, path in batch])
-        detections, semantic = {}, {}
+        detections, semantic, priorities = {}, {}, {}
         for (sample_id, path), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, ImageError):
                 progress.failed.append((path, outcome.reason))
                 continue
             detections[sample_id] = outcome.detections
             semantic[sample_id] = outcome.segmentation
+            priorities[sample_id] = outcome.instances.priority
         if detections:
             dataset.set_values(instances_field, detections, key_field="id")
             dataset.set_values(semantic_field, semantic, key_field="id")
+            _set_priorities(dataset, field_prefix + PRIORITY_SUFFIX, priorities, "id")
         progress.done += len(batch)
         yield progress
     described = labeler.describe()

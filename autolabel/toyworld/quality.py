@@ -35,8 +35,13 @@ def make_scenes(folder: Path, count: int, seed: int) -> Path:
     return folder
 
 
-def score(method: str, scenes: Path, out: Path, device: str = "cpu") -> dict[str, Any]:
-    """Metrics of one method (or raw read-out) on a scenes folder, plus seconds per image."""
+def score(
+    method: str, scenes: Path, out: Path, device: str = "cpu", recipe: str | None = None
+) -> dict[str, Any]:
+    """Metrics of one method (or raw read-out) on a scenes folder, plus seconds per image.
+
+    recipe: another recipe for the method (a name or a YAML path); default its toy recipe.
+    """
     if method in RAW:
         return _score_raw(RAW[method], scenes, device)
     from autolabel.config import RunConfig
@@ -47,7 +52,7 @@ def score(method: str, scenes: Path, out: Path, device: str = "cpu") -> dict[str
         vocab=scenes / "vocab.txt",
         out=out,
         method=method,
-        recipe=RECIPES[method],
+        recipe=recipe or RECIPES[method],
         device=device,
         min_area=MIN_AREA,
         overwrite=True,

@@ -34,6 +34,8 @@ LOCAL_FILES_URL = "/data/local-files/?d="
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 # Task data key holding where the image came from; pull uses it to name COCO images.
 META_KEY = "autolabel"
+# Task data key of the image's review priority (autolabel.review), sortable in the Data Manager.
+PRIORITY_KEY = "priority"
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,8 @@ def push_run(
             if task is None:
                 meta = {"file": image.file_name, "width": image.width, "height": image.height}
                 data = {project.target.value_key: image_url, META_KEY: meta}
+                if image.priority is not None and PRIORITY_KEY not in data:
+                    data[PRIORITY_KEY] = image.priority  # a column to sort by in the Data Manager
                 sender.add("tasks", {"data": data, "predictions": [prediction]})
             else:
                 sender.add("predictions", {"task": task[0], **prediction})
