@@ -61,10 +61,7 @@ class SegmentationScores:
 
     def iou(self) -> np.ndarray:
         """Per-class IoU; NaN for classes absent from both ground truth and predictions."""
-        inter = np.diag(self.confusion).astype(np.float64)
-        union = self.confusion.sum(0) + self.confusion.sum(1) - inter
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+        return confusion_iou(self.confusion)
 
     def summary(self, names: list[str] | None = None) -> dict[str, Any]:
         """All metrics as plain data (names: the K class names, background excluded)."""
@@ -97,6 +94,23 @@ class SegmentationScores:
             },
             "classes": per_class,
         }
+
+
+def confusion_iou(confusion: np.ndarray) -> np.ndarray:
+    """Per-class IoU of (..., C, C) [truth, prediction] confusion matrices; NaN for a class
+    absent from both sides."""
+    inter = np.diagonal(confusion, axis1=-2, axis2=-1).astype(np.float64)
+    union = confusion.sum(-1) + confusion.sum(-2) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+
+
+def confusion_miou(confusion: np.ndarray) -> np.ndarray:
+    """mIoU over the classes present on either side of (..., C, C) confusion matrices (0 when
+    no class is), as SegmentationScores reports it."""
+    iou = confusion_iou(confusion)
+    present = np.isfinite(iou).sum(-1)
+    return np.where(present > 0, np.nansum(iou, -1) / np.maximum(present, 1), 0.0)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from autolabel.errors import ModelLoadError, UsageError
 from autolabel.evaluate import (
     SegmentationScores,
     annotation_rle,
+    confusion_miou,
     match_categories,
     pair_file_names,
 )
@@ -284,24 +285,33 @@ def miou_reward(predictions: list[np.ndarray], truths: list[np.ndarray], num_cla
     `num_classes` is K + 1 (background included); predictions are resized (nearest) to the
     truth's size when they differ.
     """
-    scores = SegmentationScores(num_classes, ignore_index=IGNORE)
+    return float(confusion_miou(_confusions(predictions, truths, num_classes).sum(0)))
+
+
+def _confusions(predictions: list[np.ndarray], truths: list[np.ndarray], num_classes: int):
+    """(images, K+1, K+1) per-image confusion matrices [truth, prediction]."""
+    out = []
     for pred, truth in zip(predictions, truths, strict=True):
-        if pred.shape != truth.shape:
-            pred = resize_labels(pred, truth.shape)
-        scores.add(pred, truth)
-    miou = scores.summary()["miou"]
-    return 0.0 if miou is None else float(miou)
+        scores = SegmentationScores(num_classes, ignore_index=IGNORE)
+        scores.add(resize_labels(pred, truth.shape), truth)  # a no-op at the same size
+        out.append(scores.confusion)
+    return np.stack(out)
 
 
 @dataclass
 class GroundTruthSet:
     """Images with reviewed masks (label maps at the images' original size) and the vocabulary:
-    scores a candidate by `miou_reward`, in place of RewardSet's CLIP reward."""
+    scores a candidate by `miou_reward`, in place of RewardSet's CLIP reward.
+
+    The per-image confusion matrices of every setting scored are kept (a few KB each), so the
+    bootstrap guard compares the default and the best without segmenting the images again.
+    """
 
     images: list[np.ndarray]
     truths: list[np.ndarray]
     vocab: Vocabulary
     batch_size: int = 1
+    _scored: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def predict(self, segmenter: Segmenter) -> list[np.ndarray]:
         """The segmenter's label map of each image."""
@@ -314,25 +324,15 @@ class GroundTruthSet:
 
     def score(self, segmenter: Segmenter) -> float:
         """Segment the images and return the mean IoU against their ground truth."""
-        return miou_reward(self.predict(segmenter), self.truths, len(self.vocab) + 1)
+        return float(confusion_miou(self.confusions(segmenter).sum(0)))
 
     def confusions(self, segmenter: Segmenter) -> np.ndarray:
         """(images, K+1, K+1) per-image confusion matrices [truth, prediction]."""
-        out = []
-        for pred, truth in zip(self.predict(segmenter), self.truths, strict=True):
-            scores = SegmentationScores(len(self.vocab) + 1, ignore_index=IGNORE)
-            scores.add(resize_labels(pred, truth.shape), truth)  # a no-op at the same size
-            out.append(scores.confusion)
-        return np.stack(out)
-
-
-def pooled_miou(confusion: np.ndarray) -> np.ndarray:
-    """mIoU (as miou_reward defines it) of summed confusion matrices (..., K+1, K+1)."""
-    inter = np.diagonal(confusion, axis1=-2, axis2=-1).astype(np.float64)
-    union = confusion.sum(-2) + confusion.sum(-1) - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-    present = (union > 0).sum(-1)
-    return np.where(present > 0, np.nansum(iou, -1) / np.maximum(present, 1), 0.0)
+        key = json.dumps(segmenter.describe()["settings"], sort_keys=True, default=str)
+        if key not in self._scored:
+            predictions = self.predict(segmenter)
+            self._scored[key] = _confusions(predictions, self.truths, len(self.vocab) + 1)
+        return self._scored[key]
 
 
 def bootstrap_confidence(
@@ -345,7 +345,7 @@ def bootstrap_confidence(
     """
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(default), size=(rounds, len(default)))
-    gain = pooled_miou(best[picks].sum(1)) - pooled_miou(default[picks].sum(1))
+    gain = confusion_miou(best[picks].sum(1)) - confusion_miou(default[picks].sum(1))
     return float(((gain > 0).sum() + 0.5 * (gain == 0).sum()) / rounds)
 
 

@@ -254,7 +254,8 @@ def test_miou_reward_is_the_mean_iou_of_the_classes_present() -> None:
 
 def test_the_default_is_kept_unless_the_best_wins_on_resampled_images() -> None:
     from autolabel.evaluate import SegmentationScores
-    from autolabel.tune import bootstrap_confidence, miou_reward, pooled_miou
+    from autolabel.evaluate import confusion_miou as pooled_miou
+    from autolabel.tune import bootstrap_confidence, miou_reward
 
     rng = np.random.default_rng(5)
     truths = [rng.integers(0, 3, (4, 4)) for _ in range(6)]
@@ -305,6 +306,9 @@ def test_ground_truth_is_painted_from_coco_annotations() -> None:
     class Perfect:  # a setting that reproduces the reviewed masks exactly
         def segment_batch(self, images, vocab):
             return [SegResult(np.where(labels == IGNORE, 0, labels), np.zeros(3)) for _ in images]
+
+        def describe(self):
+            return {"method": "perfect", "settings": {}}
 
     vocab = parse_vocabulary(VOCAB)
     image = np.zeros((6, 8, 3), np.uint8)
