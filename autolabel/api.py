@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from autolabel.config import JobConfig, RunConfig, resolve_method
+from autolabel.config import JobConfig, RunConfig, check_sizes, resolve_method
 from autolabel.errors import ImageError, UsageError
 from autolabel.instances import Instances
 from autolabel.io.images import ImageEntry, LoadedImage, LoadError, decode_pil, load_image
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 VocabularyLike = Vocabulary | str | os.PathLike | Sequence[str]
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
-MIN_MAX_SIDE = 32
 # Settings keys that name a CLIP backbone: the toy model in any of them gets the domain warning.
 BACKBONE_KEYS = ("model", "classifier_model", "clip_model")
 TOY_WARNING = (
@@ -69,7 +68,7 @@ class Labeler:
         min_area: int = 16,
         lazy: bool = False,
     ) -> None:
-        _check_sizes(max_side, min_area)
+        check_sizes(max_side, min_area)
         models = {
             "model": model,
             "pretrained": pretrained,
@@ -227,13 +226,6 @@ class Labeler:
             return ""
         self._warned = True
         return TOY_WARNING
-
-
-def _check_sizes(max_side: int, min_area: int) -> None:
-    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < MIN_MAX_SIDE:
-        raise UsageError(f"--max-side must be a whole number of at least {MIN_MAX_SIDE} pixels")
-    if isinstance(min_area, bool) or not isinstance(min_area, int) or min_area < 0:
-        raise UsageError("--min-area must be a whole number of pixels, 0 or more")
 
 
 def _check_device(device: str) -> str:

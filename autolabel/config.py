@@ -175,6 +175,23 @@ def resolve_method(
     )
 
 
+MIN_MAX_SIDE = 32
+
+
+def check_sizes(max_side: int, min_area: int = 0, batch_size: int = 1) -> None:
+    """UsageError for --max-side, --min-area or --batch-size values a run cannot use."""
+
+    def whole(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not whole(max_side) or max_side < MIN_MAX_SIDE:
+        raise UsageError(f"--max-side must be a whole number of at least {MIN_MAX_SIDE} pixels")
+    if not whole(min_area) or min_area < 0:
+        raise UsageError("--min-area must be a whole number of pixels, 0 or more")
+    if not whole(batch_size) or batch_size < 1:
+        raise UsageError("--batch-size must be a whole number, at least 1")
+
+
 @dataclass
 class JobConfig:
     """What `autolabel run` and `autolabel tune` share: the inputs, the method and its models."""
@@ -198,10 +215,7 @@ class JobConfig:
 
     def resolve(self) -> ResolvedRun:
         """Check the numeric options, then resolve the method as resolve_method does."""
-        if self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
-        if self.max_side < 32:
-            raise UsageError("--max-side must be at least 32 pixels")
+        check_sizes(self.max_side, getattr(self, "min_area", 0), self.batch_size)
         models = {key: getattr(self, key) for key in MODEL_KEYS}
         return resolve_method(
             self.method, self.recipe, parity=self.parity, background=self.background, **models
@@ -216,12 +230,6 @@ class RunConfig(JobConfig):
     previews: bool = False
     resume: bool = True
     overwrite: bool = False
-
-    def resolve(self) -> ResolvedRun:
-        """Check --min-area too, then resolve as JobConfig does."""
-        if self.min_area < 0:
-            raise UsageError("--min-area cannot be negative")
-        return super().resolve()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy for run.json."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autolabel import __version__
-from autolabel.config import RunConfig
+from autolabel.config import RunConfig, check_sizes
 from autolabel.errors import AutolabelError, ImageError, UsageError
 from autolabel.instances import Instances
 from autolabel.io.atomic import atomic_open, atomic_write_json
@@ -87,8 +87,7 @@ def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = N
     from autolabel.api import Labeler
 
     started = time.perf_counter()
-    if config.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+    check_sizes(config.max_side, config.min_area, config.batch_size)
     if labeler is None:
         labeler = Labeler.from_config(config, lazy=True)
     if not config.images.is_dir():
