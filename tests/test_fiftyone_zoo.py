@@ -209,17 +209,21 @@ def test_zoo_model_masks_equal_autolabel_run_and_the_segment_operator(
     file_names = {image["id"]: image["file_name"] for image in annotations["images"]}
     for ann in annotations["annotations"]:
         counts[file_names[ann["image_id"]]] += 1
+    priorities = {image["file_name"]: image["priority"] for image in annotations["images"]}
     detected = 0
     for sample in dataset:
         name = Path(sample.filepath).name
         expected = read_label_png(out / "masks" / name)
         assert isinstance(sample.zoo, fo.Detections)
+        assert sample.zoo.priority == priorities[name]  # review priority rides on the label
         assert len(sample.zoo.detections) == counts[name]
         assert {d.label for d in sample.zoo.detections} <= set(CLASSES)
         assert all(0.0 <= d.confidence <= 1.0 for d in sample.zoo.detections)
         assert np.array_equal(_label_map(sample.zoo, expected.shape), expected)
         detected += len(sample.zoo.detections)
     assert detected == len(annotations["annotations"]) > 0
+    first = dataset.sort_by("zoo.priority", reverse=True).first()
+    assert first.zoo.priority == max(priorities.values())
 
     params = {"vocabulary": "\n".join(CLASSES), "method": "fast", "field": "operator", **TOY}
     result = foo.execute_operator(

@@ -158,6 +158,9 @@ def test_prediction_has_one_region_per_instance_and_validates() -> None:
     interface = parse_interface(config, "p")
     check_prediction(interface, prediction, "p")  # does not raise
     assert np.array_equal(region_mask(prediction["result"][0])[1], a)
+    # With a review priority, the prediction score is 1 - priority (the Data Manager's sort key).
+    instances.priority = 0.75
+    assert make_prediction(instances, target, "v1")["score"] == pytest.approx(0.25)
 
 
 def test_validation_rejects_unknown_labels_and_missing_brushlabels() -> None:

@@ -92,6 +92,8 @@ def test_predict_matches_autolabel_run_and_keeps_one_entry_per_task(
         image = next(im for im in coco["images"] if im["file_name"] == name)
         expected = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
         assert len(result["result"]) == len(expected)
+        # The Data Manager's "Prediction score": ascending = review order.
+        assert result["score"] == pytest.approx(1.0 - image["priority"], abs=1e-6)
         for region, ann in zip(result["result"], expected, strict=True):
             label, mask = region_mask(region)
             assert label == coco["categories"][ann["category_id"] - 1]["name"]

@@ -91,6 +91,7 @@ def test_push_reads_back_exactly_and_is_idempotent(
         assert prediction["model_version"] == version
         # The review priority is task data, a column the Data Manager sorts by.
         assert task["data"]["priority"] == image["priority"]
+        assert prediction["score"] == pytest.approx(1.0 - image["priority"], abs=1e-6)
         _assert_regions_equal(prediction["result"], annotations, run.vocabulary.names)
         assert all(
             (r["original_width"], r["original_height"]) == (image["width"], image["height"])
@@ -113,7 +114,11 @@ def test_push_reads_back_exactly_and_is_idempotent(
 
     # A newer run with other settings over the same images adds its predictions to the tasks.
     newer = tmp_path / "newer"
-    Labeler(vocab_file, recipe=str(tiny_recipe), device="cpu").label_folder(image_folder, newer)
+    # A sharper softmax: other regions and other review priorities.
+    sharper = Labeler(
+        vocab_file, recipe=str(tiny_recipe), device="cpu", settings={"logit_scale": 4000}
+    )
+    sharper.label_folder(image_folder, newer)
     update = push_run(
         newer, ls.url, ls.api_key, project_id=project_id, document_root=ls.document_root
     )
@@ -122,9 +127,16 @@ def test_push_reads_back_exactly_and_is_idempotent(
     assert newer_version != version
     tasks = _tasks(client, project_id)
     assert len(tasks) == len(expected)
+    newer_images = {f: image for f, (image, _) in _expected(newer).items()}
+    changed = {f for f, im in newer_images.items() if im["priority"] != expected[f][0]["priority"]}
+    assert changed, "the newer run should change some priority for this test to mean anything"
+    assert update.priorities_updated == len(changed)
     for task in tasks:
         versions = sorted(p["model_version"] for p in task["predictions"])
         assert versions == sorted([version, newer_version])
+        # The Data Manager sorts on task data: it now holds the newer run's priority.
+        assert task["data"]["priority"] == newer_images[_file(task)]["priority"]
+        assert task["data"]["image"] and task["data"]["autolabel"]["file"] == _file(task)
     assert client.projects.get(id=project_id).model_version == newer_version
 
 

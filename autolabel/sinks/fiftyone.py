@@ -83,7 +83,7 @@ def to_detections(instances: Instances) -> fo.Detections:
                 confidence=inst.score,
             )
         )
-    return fo.Detections(detections=detections)
+    return fo.Detections(detections=detections, **_priority(instances))
 
 
 def detection_mask(detection: fo.Detection, size: tuple[int, int]) -> np.ndarray:
@@ -107,7 +107,13 @@ def detection_mask(detection: fo.Detection, size: tuple[int, int]) -> np.ndarray
 
 def to_segmentation(instances: Instances) -> fo.Segmentation:
     """The semantic label map of the instances (the run's masks/*.png), stored in the database."""
-    return fo.Segmentation(mask=instances.label_map)
+    return fo.Segmentation(mask=instances.label_map, **_priority(instances))
+
+
+def _priority(instances: Instances) -> dict[str, float]:
+    """The review priority as a label attribute, so that apply_model's field carries it too
+    (`view.sort_by("<field>.priority", reverse=True)`); nothing when it was not computed."""
+    return {} if instances.priority is None else {"priority": instances.priority}
 
 
 # --- images to labels: the one path of the segment operator and the zoo model ----------------

@@ -1,7 +1,8 @@
 """`autolabel push labelstudio`: a run's masks become LS tasks with brush predictions.
 
 Idempotent: tasks are keyed by their image URL and predictions by model_version, so pushing the
-same run again sends nothing, and pushing a newer run adds its predictions to the same tasks.
+same run again sends nothing, and pushing a newer run adds its predictions to the same tasks and
+sets their review priority to the newer run's (the Data Manager sorts on the task's data).
 """
 
 from __future__ import annotations
@@ -100,7 +101,17 @@ class PushSummary:
     predictions_created: int = 0
     regions: int = 0
     unchanged: int = 0  # images whose task already had this model_version
+    priorities_updated: int = 0  # existing tasks whose review priority the newer run changed
     requests: int = 0
+
+
+@dataclass(frozen=True)
+class ExistingTask:
+    """A task already in the project: its id, its data and its predictions' model versions."""
+
+    id: int
+    data: dict
+    versions: frozenset[str]
 
 
 def push_run(
@@ -137,7 +148,7 @@ def push_run(
     for done, image in enumerate(run.images, 1):
         image_url = urls.url(image.file_name)
         task = existing.get(image_url)
-        if task is not None and version in task[1]:
+        if task is not None and version in task.versions:
             summary.unchanged += 1
         else:
             # The run's instances, named with the project's labels for its classes.
@@ -151,7 +162,8 @@ def push_run(
                     data[PRIORITY_KEY] = image.priority  # a column to sort by in the Data Manager
                 sender.add("tasks", {"data": data, "predictions": [prediction]})
             else:
-                sender.add("predictions", {"task": task[0], **prediction})
+                sender.add("predictions", {"task": task.id, **prediction})
+                _update_priority(client, task, image.priority, summary)
         if progress is not None:
             progress(done, len(run.images))
     sender.flush("tasks")
@@ -216,16 +228,31 @@ def _ensure_local_storage(client: LabelStudio, project_id: int, images_root: Pat
     return True
 
 
-def _existing_tasks(client: LabelStudio, project: Project) -> dict[str, tuple[int, set[str]]]:
-    """image URL -> (task id, model versions of its predictions)."""
+def _existing_tasks(client: LabelStudio, project: Project) -> dict[str, ExistingTask]:
+    """image URL -> the task showing it."""
     key = project.target.value_key
-    found: dict[str, tuple[int, set[str]]] = {}
+    found: dict[str, ExistingTask] = {}
     for task in list_tasks(client, project.id, include="id,data,predictions_model_versions"):
-        image_url = (task.get("data") or {}).get(key)
+        data = task.get("data") or {}
+        image_url = data.get(key)
         if isinstance(image_url, str) and image_url not in found:
             versions = str(task.get("predictions_model_versions") or "")
-            found[image_url] = (int(task["id"]), {v.strip() for v in versions.split(",")} - {""})
+            names = frozenset(v.strip() for v in versions.split(",")) - {""}
+            found[image_url] = ExistingTask(int(task["id"]), data, names)
     return found
+
+
+def _update_priority(
+    client: LabelStudio, task: ExistingTask, priority: float | None, summary: PushSummary
+) -> None:
+    """Give an existing task the newer run's review priority, if it changed."""
+    if priority is None or task.data.get(PRIORITY_KEY) == priority:
+        return
+    with api_errors(f"task {task.id}"):
+        # Task data is replaced whole: keep every key the task already had.
+        client.tasks.update(id=task.id, data={**task.data, PRIORITY_KEY: priority})
+    summary.priorities_updated += 1
+    summary.requests += 1
 
 
 class _Sender:
@@ -281,5 +308,7 @@ def iter_summary_lines(summary: PushSummary, url: str) -> Iterator[str]:
         f"({summary.regions} regions, {summary.requests} requests); "
         f"{summary.unchanged} images already had this version"
     )
+    if summary.priorities_updated:
+        yield f"review priority updated on {summary.priorities_updated} existing tasks"
     if summary.storage_created:
         yield "a Local Storage was added for the images folder (not synced)"

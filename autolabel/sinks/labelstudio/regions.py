@@ -45,12 +45,18 @@ def brush_region(
 def make_prediction(instances: Instances, target: LabelTarget, model_version: str) -> dict:
     """A prediction with one brush region per instance, labelled with the container's names.
 
-    The names must be the project's labels (see match_vocabulary). The task score is the mean
-    region score (0 without regions), so LS can sort tasks by it.
+    The names must be the project's labels (see match_vocabulary). The prediction's score, which
+    the Data Manager shows and sorts as "Prediction score", is 1 - the review priority
+    (autolabel.review) when the instances carry one: ascending order is review order, and an ML
+    backend, which cannot write task data, exposes the priority this way too. Without a
+    priority it is the mean region score.
     """
     names = instances.names
     masks = [(names[inst.category_id - 1], inst.mask, inst.score) for inst in instances]
-    return masks_prediction(masks, target, model_version)
+    prediction = masks_prediction(masks, target, model_version)
+    if instances.priority is not None:
+        prediction["score"] = round(1.0 - instances.priority, 6)
+    return prediction
 
 
 def masks_prediction(

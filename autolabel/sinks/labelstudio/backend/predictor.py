@@ -15,7 +15,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +290,7 @@ def _above(instances: Instances, threshold: float) -> Instances:
     if threshold <= 0.0:
         return instances
     kept = [inst for inst in instances if inst.score >= threshold]
-    return Instances(instances.size, instances.names, kept, instances.scores)
+    return replace(instances, items=kept)
 
 
 def _box_instances(found: Instances, category: int, box: np.ndarray) -> list[Instance]:
