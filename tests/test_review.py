@@ -186,6 +186,8 @@ def test_run_writes_priority_to_manifest_and_coco_images(tiny_run: Path) -> None
         assert by_file[image["file_name"]] == image["priority"]
     run = read_run(tiny_run)
     assert [im.priority for im in run.images] == [im["priority"] for im in coco["images"]]
+    # The instances read back carry it too, as Labeler results do (push, export use them).
+    assert [im.instances.priority for im in run.images] == [im.priority for im in run.images]
 
 
 def test_older_runs_without_priority_read_back_as_none(tiny_run: Path) -> None:

@@ -58,7 +58,9 @@ class RunImage:
     def instances(self) -> Instances:
         """Its instances, made afresh on each access: decoded masks go when the caller is done
         with them, so pushing a long run does not keep every mask in memory."""
-        return Instances.from_coco(self.annotations, self.size, self.names)
+        instances = Instances.from_coco(self.annotations, self.size, self.names)
+        instances.priority = self.priority
+        return instances
 
 
 @dataclass
