@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 # Batches queued on each actor: one running, one waiting, so no worker idles between batches.
 IN_FLIGHT = 2
-# Tries of a batch whose worker process died before its images are reported failed.
+# Tries of a batch whose worker process died before its images are reported failed: Ray
+# restarts the actor and sends the batch again itself (an image that kills its worker each time
+# must not stall the run).
 TRIES = 3
 
 
@@ -97,7 +99,7 @@ class RayPool:
                 "asked for (each takes one)"
             )
         actor = ray.remote(Worker).options(
-            num_cpus=1, num_gpus=per_worker, max_restarts=-1, max_task_retries=0
+            num_cpus=1, num_gpus=per_worker, max_restarts=-1, max_task_retries=TRIES - 1
         )
         # Workers run the model with the driver's torch thread count: the same reductions in
         # the same order, so their masks equal the local engine's to the bit.
@@ -117,30 +119,25 @@ class RayPool:
 
         size = self.config.batch_size
         batches = (todo[i : i + size] for i in range(0, len(todo), size))
-        flight: dict[Any, tuple[Any, list[ImageEntry], list[Any], int]] = {}
-
-        def send(actor: Any, batch: list[ImageEntry], stamps: list[Any], tries: int) -> None:
-            flight[actor.label.remote(batch, stamps)] = (actor, batch, stamps, tries)
+        flight: dict[Any, tuple[Any, list[ImageEntry], list[Any]]] = {}
 
         def send_next(actor: Any) -> None:
             batch = next(batches, None)
             if batch is not None:
-                send(actor, batch, [self.source.stamp(e) for e in batch], 1)
+                stamps = [self.source.stamp(e) for e in batch]
+                flight[actor.label.remote(batch, stamps)] = (actor, batch, stamps)
 
         for actor in self.actors:
             for _ in range(IN_FLIGHT):
                 send_next(actor)
         while flight:
             ready, _ = ray.wait(list(flight), num_returns=1)
-            actor, batch, stamps, tries = flight.pop(ready[0])
+            actor, batch, stamps = flight.pop(ready[0])
             try:
                 records, notes = ray.get(ready[0])
             except ray.exceptions.RayTaskError as exc:
                 raise _cause(exc) from None  # the error label_batch itself raised (disk full)
-            except ray.exceptions.RayError as exc:  # the worker process died: Ray restarts it
-                if tries < TRIES:
-                    send(actor, batch, stamps, tries + 1)
-                    continue
+            except ray.exceptions.RayError as exc:  # the worker died on every try
                 records, notes = self._lost(batch, stamps, exc), []
             for note in notes:
                 if note not in warnings:

@@ -38,6 +38,8 @@ from autolabel.io.run_folder import STATE_DIR
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # The extra that brings each protocol's fsspec filesystem, for the message when it is missing.
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}
+# Stores whose first path component is a bucket (a container) that must exist already.
+BUCKET_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
 # Object metadata that changes when an object is replaced, in the order the stores offer it.
 VERSION_KEYS = ("ETag", "etag", "md5Hash", "generation", "LastModified", "last_modified", "mtime")
 
@@ -87,14 +89,18 @@ class Remote:
 
             protocol = self.url.split("://", 1)[0]
             try:
-                self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.options)
+                fsspec.get_filesystem_class(protocol)
             except ImportError as exc:
                 extra = EXTRAS.get(protocol)
                 hint = f"pip install 'autolabel[{extra}]'" if extra else "install its package"
                 raise UsageError(f"{self.url}: no filesystem for {protocol}:// ({hint})") from exc
+            except ValueError as exc:
+                raise UsageError(f"{self.url}: unknown protocol {protocol}://") from exc
+            try:
+                self._fs, root = fsspec.core.url_to_fs(self.url, **self.options)
             except (TypeError, ValueError) as exc:
                 raise UsageError(f"{self.url}: bad storage options ({exc})") from exc
-            self._root = self._root.rstrip("/")
+            self._root = root.rstrip("/")
         return self._fs, self._root
 
     def key(self, rel: str) -> str:
@@ -142,10 +148,13 @@ class Remote:
 
     def check(self) -> None:
         """A UsageError naming the URL and the cause when its bucket cannot be reached."""
-        fs = self.fs
-        bucket = self._root.split("/", 1)[0]
+        fs, root = self._connect()
+        bucket = root.split("/", 1)[0]
         try:
-            fs.info(bucket)
+            if self.url.split("://", 1)[0] in BUCKET_STORES:
+                fs.info(bucket)
+            else:
+                fs.exists(root)
         except FileNotFoundError as exc:
             raise UsageError(f"{self.url}: bucket {bucket!r} does not exist") from exc
         except PermissionError as exc:
