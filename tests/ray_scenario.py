@@ -108,6 +108,13 @@ def scenario(work: Path) -> dict:
     seen["missing_bucket"] = autolabel(
         "run", "s3://bucket/in", "-o", "s3://nobucket/out", "--storage-options", STORAGE
     ).as_dict()
+    no_gpu = autolabel("run", world / "images", "-o", work / "gpu", *RAY, "--gpus-per-worker", 1)
+    seen["no_gpu"] = {**no_gpu.as_dict(), "written": (work / "gpu").exists()}
+    unreachable = autolabel(
+        "run", world / "images", "-o", work / "down", "--engine", "ray", "--ray-address",
+        "127.0.0.1:1",
+    )  # fmt: skip
+    seen["unreachable"] = {**unreachable.as_dict(), "written": (work / "down").exists()}
 
     # Resume across engines: a run killed with SIGKILL on one engine, finished on the other.
     for first, second, name in ((RAY, (), "ray_then_local"), ((), RAY, "local_then_ray")):

@@ -77,3 +77,11 @@ def test_a_missing_bucket_is_a_usage_error(seen: dict) -> None:
     run = seen["missing_bucket"]
     assert run["rc"] == 2
     assert run["stderr"].strip() == "error: s3://nobucket/out: bucket 'nobucket' does not exist"
+
+
+def test_no_gpu_and_no_cluster_are_usage_errors_before_anything_is_written(seen: dict) -> None:
+    no_gpu, down = seen["no_gpu"], seen["unreachable"]
+    assert no_gpu["rc"] == 2 and not no_gpu["written"]
+    assert "0 GPU(s), but 2 worker(s) x 1 GPU(s) were asked for" in no_gpu["stderr"]
+    assert down["rc"] == 2 and not down["written"]
+    assert "error: Ray cluster at 127.0.0.1:1: cannot connect" in down["stderr"]

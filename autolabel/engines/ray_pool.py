@@ -13,6 +13,7 @@ so an image labelled twice leaves one copy, and its record is kept once.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 # Batches queued on each actor: one running, one waiting, so no worker idles between batches.
 IN_FLIGHT = 2
+# Seconds to wait for a cluster's GCS port to accept a connection.
+CONNECT_TIMEOUT = 10
 # Tries of a batch whose worker process died before its images are reported failed: Ray
 # restarts the actor and sends the batch again itself (an image that kills its worker each time
 # must not stall the run).
@@ -44,6 +47,7 @@ def check_options(config: RunConfig) -> None:
         import ray  # noqa: F401
     except ImportError as exc:
         raise UsageError("--engine ray needs Ray: pip install 'autolabel[ray]'") from exc
+    _probe(config.ray_address or os.environ.get("RAY_ADDRESS") or "")
 
 
 def start(
@@ -67,6 +71,19 @@ def start(
     except BaseException:
         ray.shutdown()
         raise
+
+
+def _probe(address: str) -> None:
+    """A UsageError, within seconds, when nothing answers at a host:port address (ray.init
+    itself keeps retrying for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or "://" in address or not port.isdigit():
+        return  # "auto", a ray:// client address, or a new local instance: ray.init checks
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        cause = exc.strerror or type(exc).__name__
+        raise UsageError(f"Ray cluster at {address}: cannot connect ({cause})") from exc
 
 
 class RayPool:
