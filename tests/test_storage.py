@@ -108,3 +108,21 @@ def test_file_urls_are_local_folders(tmp_path, image_folder, vocab_file, tiny_re
     config = tiny_config(f"file://{image_folder}", vocab_file, f"file://{out}", tiny_recipe)
     summary = run_job(config)
     assert summary.ok == 3 and (out / ".autolabel" / "records.jsonl").is_file()
+
+
+def test_listing_a_prefix_passes_over_what_a_folder_scan_passes_over(
+    memory, image_folder, vocab_file, tiny_recipe
+) -> None:
+    memory.put(str(image_folder), "/in", recursive=True)
+    memory.pipe_file("/in/notes.txt", b"text")
+    memory.pipe_file("/in/.hidden/x.png", (image_folder / "a.png").read_bytes())
+    memory.pipe_file("/in/old/.autolabel/state.json", b"{}")  # another run's output folder
+    memory.pipe_file("/in/old/masks/a.png", (image_folder / "a.png").read_bytes())
+    config = tiny_config("memory://in", vocab_file, "memory://in/out", tiny_recipe)
+    for _ in range(2):  # the second run must not take its own masks for images
+        summary = run_job(config)
+        assert summary.found == 3 and summary.ok == 3
+        assert summary.skipped == [
+            ("notes.txt", "not a supported image type (.txt)"),
+            ("old", "output folder of another autolabel run (not scanned)"),
+        ]

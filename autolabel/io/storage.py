@@ -238,7 +238,7 @@ class RemoteImages:
         except Exception as exc:
             raise UsageError(f"{self.remote.url}: cannot list it ({exc})") from exc
         for rel, _ in listing:
-            if rel.endswith(f"/{STATE_DIR}/state.json"):
+            if rel.endswith(f"/{STATE_DIR}/state.json") and not rel.startswith(skip):
                 runs.append(rel[: -len(f"/{STATE_DIR}/state.json")] + "/")
         for folder in runs:
             problems.append((folder[:-1], "output folder of another autolabel run (not scanned)"))
