@@ -86,7 +86,11 @@ def main() -> int:
         print(json.dumps(child(engine, int(workers), Path(images), Path(out))))
         return 0
     if os.environ.get(INSIDE) is None and os.geteuid() == 0 and shutil.which("unshare"):
-        command = f"ip link set lo up && exec {sys.executable} {' '.join(map(repr, sys.argv))}"
+        # Ray's sessions go to a tmpfs private to the namespace, as in tests/ray_scenario.py.
+        command = (
+            "ip link set lo up && mkdir -p /tmp/ray && mount -t tmpfs tmpfs /tmp/ray && "
+            f"exec {sys.executable} {' '.join(map(repr, sys.argv))}"
+        )
         env = {**os.environ, INSIDE: "1", "RAY_USAGE_STATS_ENABLED": "0"}
         unshare = ["unshare", "-n", "-p", "-f", "--mount-proc", "--", "bash", "-c", command]
         return subprocess.run(unshare, env=env, check=False).returncode

@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,9 +38,12 @@ ENV = {
 def main(work: Path) -> dict:
     """Run every step; return what each saw."""
     started: list[subprocess.Popen] = []
-    ray_tmp = tempfile.mkdtemp(prefix="alray")  # short: Ray's socket paths have a length limit
     try:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        # Ray keeps its sessions and the address of the last `ray start` in /tmp/ray: here a
+        # tmpfs private to this mount namespace, gone with it.
+        os.makedirs("/tmp/ray", exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", "/tmp/ray"], check=True)
         started.append(
             spawn(
                 [BIN / "python", "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
@@ -59,7 +61,6 @@ def main(work: Path) -> dict:
                     f"--port={RAY_PORT}",
                     "--include-dashboard=false",
                     "--disable-usage-stats",
-                    f"--temp-dir={ray_tmp}",
                     *node,
                 ],
                 work / "head.log",

@@ -59,8 +59,9 @@ def start(
     """Connect to the cluster and start the workers; errors here come before anything is written."""
     import ray
 
-    address = config.ray_address
-    where = address or os.environ.get("RAY_ADDRESS") or "a new local Ray instance"
+    # "local" starts a new instance even where `ray start` left an address behind in /tmp/ray.
+    address = config.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+    where = "a new local Ray instance" if address == "local" else address
     try:
         ray.init(address=address, log_to_driver=False, logging_level="error")
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
