@@ -46,7 +46,7 @@ def strip_seconds(manifest: bytes) -> list[dict]:
 
 
 def test_memory_store_gets_the_outputs_of_a_local_run_and_resumes(
-    memory, tmp_path, image_folder, vocab_file, tiny_recipe
+    memory, tmp_path, image_folder, vocab_file, tiny_recipe, capsys
 ) -> None:
     local = tmp_path / "local"
     run_job(tiny_config(image_folder, vocab_file, local, tiny_recipe, previews=True))
@@ -65,6 +65,10 @@ def test_memory_store_gets_the_outputs_of_a_local_run_and_resumes(
     assert sorted(records) == [f"/out/.autolabel/records/{f}.json" for f in names]
     run_info = json.loads(memory.cat_file("/out/run.json"))
     assert run_info["images_root"] == "memory://in"
+    # eval reads a run in object storage (a local copy): its masks against the local run's.
+    assert main(["eval", "memory://out", "--gt-masks", str(local / "masks"), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["images"] == 3 and scores["pixel_accuracy"] == 1.0
 
     again = run_job(config)
     assert again.resumed == 3 and again.ok == 3

@@ -119,8 +119,8 @@ class RayPool:
         actor = ray.remote(Worker).options(
             num_cpus=1, num_gpus=per_worker, max_restarts=-1, max_task_retries=TRIES - 1
         )
-        # Workers run the model with the driver's torch thread count: the same reductions in
-        # the same order, so their masks equal the local engine's to the bit.
+        # Workers run the model with the driver's torch thread count (Ray gives each one thread
+        # otherwise): CPU reductions then split as the local engine's do, for the same masks.
         threads = torch.get_num_threads()
         vocabulary = labeler.vocabulary
         identity = labeler.identity()

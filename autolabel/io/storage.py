@@ -376,3 +376,24 @@ def open_output(out: str | Path, options: dict[str, Any] | None) -> LocalOutput 
     if isinstance(where, Path):
         return LocalOutput(where)
     return RemoteOutput(Remote(where, dict(options or {})))
+
+
+@contextlib.contextmanager
+def local_run(out: str | Path, options: dict[str, Any] | None = None) -> Iterator[Path]:
+    """A run folder to read: the folder itself, or a temporary local copy of a run in object
+    storage (run.json, annotations.json, manifest.jsonl and masks/) for as long as it is used."""
+    where = location(out)
+    if isinstance(where, Path):
+        yield where
+        return
+    remote = Remote(where, dict(options or {}))
+    remote.check()
+    with tempfile.TemporaryDirectory(prefix="autolabel-run-") as tmp:
+        for rel, _ in remote.listing():
+            if rel in ("run.json", "annotations.json", "manifest.jsonl") or rel.startswith(
+                "masks/"
+            ):
+                target = Path(tmp, rel)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                remote.fs.get_file(remote.key(rel), str(target))
+        yield Path(tmp)
