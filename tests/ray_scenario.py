@@ -68,12 +68,16 @@ def main(work: Path) -> dict:
         )
         wait_port(S3_PORT)
         wait_port(RAY_PORT)
-        started.append(
-            spawn(
-                [BIN / "ray", "start", f"--address=127.0.0.1:{RAY_PORT}", *node], work / "node.log"
-            )
-        )
-        wait_nodes(2)
+        if not wait_nodes(1):
+            raise RuntimeError("the Ray head node did not start")
+        # The head answers drivers now: a node that joins earlier can be turned away.
+        join = [BIN / "ray", "start", f"--address=127.0.0.1:{RAY_PORT}", *node]
+        for _ in range(3):  # a loaded machine can still time a node out while it joins
+            started.append(spawn(join, work / "node.log"))
+            if wait_nodes(2, alive=started[-1]):
+                break
+        else:
+            raise RuntimeError("the Ray cluster did not reach 2 nodes")
         return scenario(work)
     finally:
         for proc in reversed(started):
@@ -237,17 +241,21 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def wait_nodes(count: int, timeout: float = 60) -> None:
-    script = f"import ray; ray.init(address='127.0.0.1:{RAY_PORT}'); print(len(ray.nodes()))"
+def wait_nodes(count: int, alive: subprocess.Popen | None = None, timeout: float = 90) -> bool:
+    """Whether the cluster reaches `count` live nodes while `alive` (a joining node) runs."""
+    script = (
+        f"import ray; ray.init(address='127.0.0.1:{RAY_PORT}'); "
+        "print(sum(n['Alive'] for n in ray.nodes()))"
+    )
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (alive is None or alive.poll() is None):
         out = subprocess.run(
             [str(BIN / "python"), "-c", script], capture_output=True, text=True, env=ENV
         )
         if out.stdout.strip() == str(count):
-            return
+            return True
         time.sleep(1)
-    raise RuntimeError(f"the Ray cluster did not reach {count} nodes")
+    return False
 
 
 if __name__ == "__main__":
