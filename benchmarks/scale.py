@@ -91,9 +91,14 @@ def main() -> int:
             "ip link set lo up && mkdir -p /tmp/ray && mount -t tmpfs tmpfs /tmp/ray && "
             f"exec {sys.executable} {' '.join(map(repr, sys.argv))}"
         )
-        env = {**os.environ, INSIDE: "1", "RAY_USAGE_STATS_ENABLED": "0"}
+        # A home of its own: Ray keeps an auth token in ~/.ray that no other cluster may share.
+        home = tempfile.mkdtemp(prefix="autolabel-scale-home-")
+        env = {**os.environ, INSIDE: "1", "RAY_USAGE_STATS_ENABLED": "0", "HOME": home}
         unshare = ["unshare", "-n", "-p", "-f", "--mount-proc", "--", "bash", "-c", command]
-        return subprocess.run(unshare, env=env, check=False).returncode
+        try:
+            return subprocess.run(unshare, env=env, check=False).returncode
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="autolabel-scale-"))
     images = world(work, args.images)
     rows = {

@@ -38,6 +38,9 @@ ENV = {
 def main(work: Path) -> dict:
     """Run every step; return what each saw."""
     started: list[subprocess.Popen] = []
+    # Ray keeps an auth token in ~/.ray: a home of this scenario's own, so that no other cluster
+    # on the machine (another test run, a benchmark) shares it.
+    ENV["HOME"] = str(work / "home")
     try:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         # Ray keeps its sessions and the address of the last `ray start` in /tmp/ray: here a
