@@ -130,3 +130,24 @@ def test_listing_a_prefix_passes_over_what_a_folder_scan_passes_over(
             ("notes.txt", "not a supported image type (.txt)"),
             ("old", "output folder of another autolabel run (not scanned)"),
         ]
+
+
+def test_an_unreachable_endpoint_is_a_usage_error_naming_the_url(
+    monkeypatch, tmp_path, image_folder, vocab_file, tiny_recipe, capsys
+) -> None:
+    pytest.importorskip("s3fs")
+    # Credentials from the environment, so botocore never asks an instance-metadata service.
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ):
+        monkeypatch.setenv(name, value)
+    # Loopback, nothing listening; one try (the default retries take about ten seconds).
+    retry_once = {"retries": 1, "config_kwargs": {"retries": {"max_attempts": 1}}}
+    options = json.dumps({"endpoint_url": "http://127.0.0.1:9", **retry_once})
+    args = ["run", str(image_folder), "--vocab", str(vocab_file), "--recipe", str(tiny_recipe)]
+    assert main([*args, "-o", "s3://bucket/out", "--storage-options", options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: s3://bucket/out: cannot reach the store (") and "\n" not in err
