@@ -133,7 +133,7 @@ def test_listing_a_prefix_passes_over_what_a_folder_scan_passes_over(
 
 
 def test_an_unreachable_endpoint_is_a_usage_error_naming_the_url(
-    monkeypatch, tmp_path, image_folder, vocab_file, tiny_recipe, capsys
+    monkeypatch, image_folder, vocab_file, tiny_recipe, capsys
 ) -> None:
     pytest.importorskip("s3fs")
     # Credentials from the environment, so botocore never asks an instance-metadata service.

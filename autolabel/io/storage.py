@@ -108,10 +108,6 @@ class Remote:
         root = self._connect()[1]
         return f"{root}/{rel}" if rel else root
 
-    def join(self, rel: str) -> str:
-        """The URL of an object under the prefix, for messages."""
-        return f"{self.url}/{rel}"
-
     def write(self, rel: str, data: bytes) -> None:
         """Write one object whole, under its final key."""
         self.fs.pipe_file(self.key(rel), data)
@@ -178,7 +174,6 @@ class LocalImages:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.name = root
 
     def check(self) -> None:
         """Refuse a path that is not a folder."""
@@ -210,12 +205,11 @@ class RemoteImages:
 
     def __init__(self, remote: Remote) -> None:
         self.remote = remote
-        self.name = remote.url
         self._stamps: dict[str, list[Any]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers get each image's stamp with its batch, not the whole listing.
-        return {"remote": self.remote, "name": self.name, "_stamps": {}}
+        return {"remote": self.remote, "_stamps": {}}
 
     def check(self) -> None:
         """Refuse an unreachable store or an empty prefix."""
