@@ -200,12 +200,13 @@ class Labeler:
         progress: Callable[[int, int, int], None] | None = None,
     ) -> RunSummary:
         """Label a folder into `out` exactly as `autolabel run` does; returns the run summary."""
+        from autolabel.io.storage import location
         from autolabel.runner import run_job
 
         config = RunConfig(
-            images=Path(images),
+            images=location(images),
             vocab=self.vocabulary_file,
-            out=Path(out),
+            out=location(out),
             method=self.method,
             recipe=self.recipe,
             device=self.device,

@@ -230,10 +230,18 @@ class RunConfig(JobConfig):
     previews: bool = False
     resume: bool = True
     overwrite: bool = False
+    # Where the images are labelled (autolabel.engines): this process, or a Ray cluster.
+    engine: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float = 0.0
+    # fsspec options for URLs in images/out (endpoint, profile...); never recorded in run.json.
+    storage_options: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy for run.json."""
+        """JSON-ready copy for run.json (storage options left out: they can hold secrets)."""
         data = asdict(self)
+        data.pop("storage_options")
         for key in ("images", "vocab", "out"):
             data[key] = None if data[key] is None else os.fspath(data[key])
         return data

@@ -17,13 +17,20 @@ from autolabel import __version__
 from autolabel.config import RunConfig, check_sizes
 from autolabel.errors import AutolabelError, ImageError, UsageError
 from autolabel.instances import Instances
-from autolabel.io.atomic import atomic_open, atomic_write_json
+from autolabel.io.atomic import atomic_open
 from autolabel.io.coco import write_coco
-from autolabel.io.images import ImageEntry, LoadedImage, load_image, scan_images
-from autolabel.io.png import write_label_png, write_preview
+from autolabel.io.images import ImageEntry, LoadedImage
 from autolabel.io.report import write_report
-from autolabel.io.run_folder import OUTPUT_NAMES, mask_name, preview_name
-from autolabel.io.store import RunStore
+from autolabel.io.run_folder import mask_name, preview_name
+from autolabel.io.storage import (
+    LocalImages,
+    LocalOutput,
+    RemoteImages,
+    RemoteOutput,
+    open_images,
+    open_output,
+)
+from autolabel.io.store import ObjectRunStore, RunStore
 from autolabel.pipeline import MAX_ASPECT, is_extreme_aspect
 from autolabel.provenance import package_versions
 from autolabel.vocab import Vocabulary
@@ -39,7 +46,7 @@ FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 class RunSummary:
     """What a run did, for the CLI's final report and exit code."""
 
-    out: Path
+    out: Path | str  # a local folder, or the URL of one in object storage
     found: int = 0  # image files found under the input folder
     ok: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -79,45 +86,57 @@ def prepare_output(out: Path) -> None:
 def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = None) -> RunSummary:
     """Run a labelling job end to end; nothing is written until the run is known to start.
 
-    Options, settings, vocabulary, device and output folder are checked, and (when any image
-    needs labelling) the models loaded, before the output folder is touched. `labeler` lets a
-    caller that already holds one (the Python API, a server) reuse its loaded models; `progress`
-    is an optional callback(advance: int, total: int, done: int).
+    Options, settings, vocabulary, device, the input and output locations, the engine (a Ray
+    cluster's reachability) and (when any image needs labelling) the models are checked before
+    the output folder is touched. `labeler` lets a caller that already holds one (the Python
+    API, a server) reuse its loaded models; `progress` is an optional
+    callback(advance: int, total: int, done: int).
     """
     from autolabel.api import Labeler
 
     started = time.perf_counter()
     check_sizes(config.max_side, config.min_area, config.batch_size)
+    engine = check_engine(config)
     if labeler is None:
         labeler = Labeler.from_config(config, lazy=True)
-    if not config.images.is_dir():
-        raise UsageError(f"{config.images}: not a folder of images")
+    source = open_images(config.images, config.storage_options)
+    output = open_output(config.out, config.storage_options)
+    source.check()
     vocab = labeler.vocabulary
-    check_output(config.out)
+    if isinstance(output, LocalOutput):
+        check_output(output.out)
+        store: RunStore = RunStore(output.out)
+    else:
+        output.remote.check()
+        store = ObjectRunStore(output.remote)
     # The output folder (or, when it is the input folder itself, what a run writes there).
-    exclude = [config.out, *(config.out / name for name in OUTPUT_NAMES)]
-    entries, skipped = scan_images(config.images, exclude=exclude)
+    entries, skipped = source.scan(output.inside(source))
     identity = labeler.identity()
-    store = RunStore(config.out)
     finished = store.check(identity, resume=config.resume, overwrite=config.overwrite)
-    todo = [e for e in entries if not _is_finished(e, finished.get(e.rel), config)]
+    todo = [e for e in entries if not _is_finished(e, finished.get(e.rel), config, source, output)]
     if todo:
         labeler.load()  # offline weights, a bad checkpoint: fail here, with nothing written
-    prepare_output(config.out)
-    finished = store.open(identity, resume=config.resume, overwrite=config.overwrite)
+        pool = engine.start(config, labeler, source, output) if engine is not None else None
+    else:
+        pool = None
+    if isinstance(output, LocalOutput):
+        prepare_output(output.out)
     try:
-        summary = RunSummary(config.out, found=len(entries), skipped=skipped)
-        todo = [e for e in entries if not _is_finished(e, finished.get(e.rel), config)]
+        finished = store.open(identity, resume=config.resume, overwrite=config.overwrite)
+        summary = RunSummary(output.name, found=len(entries), skipped=skipped)
+        todo = [
+            e for e in entries if not _is_finished(e, finished.get(e.rel), config, source, output)
+        ]
         del finished
         summary.resumed = len(entries) - len(todo)
         if vocab.background_note():
             summary.warnings.append(vocab.background_note())
         described = labeler.describe()
-        models = described["models"] if labeler.loaded else _previous_models(config.out)
+        models = described["models"] if labeler.loaded else _previous_models(output)
         run_info = {
             "autolabel_version": __version__,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "images_root": os.fspath(config.images.resolve()),
+            "images_root": source.resolved(),
             "config": config.to_dict(),
             "method": labeler.method,
             "recipe": labeler.recipe,
@@ -126,16 +145,21 @@ def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = N
             "models": models,
             "versions": package_versions(),
         }
-        atomic_write_json(config.out / "run.json", run_info)
-        for record in _process(todo, labeler, config, summary):
+        output.write_json("run.json", run_info)
+        if pool is not None:
+            records = pool.process(todo, summary.warnings)
+        else:
+            records = _process(todo, labeler, config, source, output, summary.warnings)
+        for record in records:
             store.append(record)
             if progress is not None:
                 progress(1, len(entries), summary.resumed)
-        _finish(store, entries, vocab, summary, run_info)
-        try:
-            write_report(config.out)
-        except Exception as exc:  # the report must never cost a finished run
-            summary.warnings.append(f"report.html not written: {type(exc).__name__}: {exc}")
+        _finish(store, output, entries, vocab, summary, run_info)
+        if isinstance(output, LocalOutput):  # report.html reads a local folder (autolabel report)
+            try:
+                write_report(output.out)
+            except Exception as exc:  # the report must never cost a finished run
+                summary.warnings.append(f"report.html not written: {type(exc).__name__}: {exc}")
     except OSError as exc:
         if exc.errno in FATAL_WRITE_ERRNOS:
             raise AutolabelError(
@@ -145,86 +169,121 @@ def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = N
         raise
     finally:
         store.close()
+        if pool is not None:
+            pool.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _stamp(path: Path) -> list[int]:
-    """Size and modification time: a file replaced under the same name is labelled again."""
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+def check_engine(config: RunConfig) -> Any:
+    """The engine module a run uses (None: this process); its options checked, nothing started."""
+    if config.engine == "local":
+        for name, value in (("--ray-address", config.ray_address), ("--workers", config.workers)):
+            if value is not None:
+                raise UsageError(f"{name} is an option of --engine ray")
+        return None
+    if config.engine != "ray":
+        raise UsageError(f"--engine must be local or ray, not {config.engine!r}")
+    from autolabel.engines import ray_pool
+
+    ray_pool.check_options(config)
+    return ray_pool
 
 
-def _is_finished(entry: ImageEntry, record: dict[str, Any] | None, config: RunConfig) -> bool:
+def _is_finished(
+    entry: ImageEntry,
+    record: dict[str, Any] | None,
+    config: RunConfig,
+    source: LocalImages | RemoteImages,
+    output: LocalOutput | RemoteOutput,
+) -> bool:
     """An ok record of this very file whose outputs are where this run would put them."""
     mask = mask_name(entry.key)
-    if record is None or record.get("mask") != mask or not (config.out / mask).is_file():
+    if record is None or record.get("mask") != mask or not output.exists(mask):
         return False
-    if config.previews and not (config.out / preview_name(mask)).is_file():
+    if config.previews and not output.exists(preview_name(mask)):
         return False
-    try:
-        return record.get("stamp") == _stamp(entry.path)
-    except OSError:
-        return False
+    stamp = source.stamp(entry)
+    return stamp is not None and record.get("stamp") == stamp
 
 
-def _previous_models(out: Path) -> dict[str, Any]:
+def _previous_models(output: LocalOutput | RemoteOutput) -> dict[str, Any]:
     try:
-        return json.loads((out / "run.json").read_text(encoding="utf-8")).get("models", {})
+        if isinstance(output, LocalOutput):
+            text = (output.out / "run.json").read_text(encoding="utf-8")
+        else:
+            text = output.remote.read("run.json").decode("utf-8")
+        return json.loads(text).get("models", {})
     except (OSError, ValueError):
         return {}
 
 
 def _process(
-    todo: list[ImageEntry], labeler: Labeler, config: RunConfig, summary: RunSummary
+    todo: list[ImageEntry],
+    labeler: Labeler,
+    config: RunConfig,
+    source: LocalImages | RemoteImages,
+    output: LocalOutput | RemoteOutput,
+    warnings: list[str],
 ) -> Iterator[dict[str, Any]]:
     """Yield one finished record per entry, in order, decoding one batch at a time."""
     for start in range(0, len(todo), config.batch_size):
         batch = todo[start : start + config.batch_size]
-        t0 = time.perf_counter()
-        stamps = {}
-        for entry in batch:
-            try:
-                stamps[entry.rel] = _stamp(entry.path)
-            except OSError:
-                stamps[entry.rel] = None  # load_image reports why
-        loaded = [load_image(e) for e in batch]
-        good = [im for im in loaded if isinstance(im, LoadedImage)]
-        results = labeler.label_loaded(good) if good else {}
-        per_image = (time.perf_counter() - t0) / max(len(batch), 1)
-        for item in loaded:
-            stamp = stamps[item.entry.rel]
-            outcome = item if isinstance(item, ImageError) else results[item.entry.rel]
-            size = None if isinstance(item, ImageError) else item.size
-            if isinstance(outcome, ImageError):
-                yield _failed(item.entry, outcome.reason, per_image, stamp, config.out, size)
-                continue
-            note = labeler.domain_note(item.size)
-            if note:
-                summary.warnings.append(note)
-            try:
-                yield _write_image(item, outcome, config, per_image, stamp)
-            except OSError as exc:
-                if exc.errno in FATAL_WRITE_ERRNOS:
-                    raise
-                reason = f"could not write outputs: {exc}"
-                yield _failed(item.entry, reason, per_image, stamp, config.out, item.size)
-            except Exception as exc:  # one image's post-processing must not end a long run
-                reason = f"post-processing failed: {type(exc).__name__}: {exc}"
-                yield _failed(item.entry, reason, per_image, stamp, config.out, item.size)
+        stamps = [source.stamp(entry) for entry in batch]  # before reading: load reports why
+        yield from label_batch(batch, stamps, labeler, config, source, output, warnings)
+
+
+def label_batch(
+    batch: list[ImageEntry],
+    stamps: list[list[Any] | None],
+    labeler: Labeler,
+    config: RunConfig,
+    source: LocalImages | RemoteImages,
+    output: LocalOutput | RemoteOutput,
+    warnings: list[str],
+) -> Iterator[dict[str, Any]]:
+    """Label one batch and write each image's outputs; yield its records in order.
+
+    Every engine runs this: the local one in its own process, Ray in its workers.
+    """
+    t0 = time.perf_counter()
+    loaded = [source.load(e) for e in batch]
+    good = [im for im in loaded if isinstance(im, LoadedImage)]
+    results = labeler.label_loaded(good) if good else {}
+    per_image = (time.perf_counter() - t0) / max(len(batch), 1)
+    for item, stamp in zip(loaded, stamps, strict=True):
+        outcome = item if isinstance(item, ImageError) else results[item.entry.rel]
+        size = None if isinstance(item, ImageError) else item.size
+        if isinstance(outcome, ImageError):
+            yield failed_record(item.entry, outcome.reason, per_image, stamp, output, size)
+            continue
+        note = labeler.domain_note(item.size)
+        if note:
+            warnings.append(note)
+        try:
+            yield _write_image(item, outcome, config, output, per_image, stamp)
+        except OSError as exc:
+            if exc.errno in FATAL_WRITE_ERRNOS:
+                raise
+            reason = f"could not write outputs: {exc}"
+            yield failed_record(item.entry, reason, per_image, stamp, output, item.size)
+        except Exception as exc:  # one image's post-processing must not end a long run
+            reason = f"post-processing failed: {type(exc).__name__}: {exc}"
+            yield failed_record(item.entry, reason, per_image, stamp, output, item.size)
 
 
 def _write_image(
     item: LoadedImage,
     instances: Instances,
     config: RunConfig,
+    output: LocalOutput | RemoteOutput,
     seconds: float,
-    stamp: list[int] | None,
+    stamp: list[Any] | None,
 ) -> dict[str, Any]:
     mask = mask_name(item.entry.key)
-    write_label_png(config.out / mask, instances.label_map)
+    output.write_labels(mask, instances.label_map)
     if config.previews:
-        write_preview(config.out / preview_name(mask), item.rgb, instances, instances.names)
+        output.write_preview(preview_name(mask), item.rgb, instances)
     note = item.note
     h, w = item.size
     if is_extreme_aspect(item.size):
@@ -245,18 +304,19 @@ def _write_image(
     }
 
 
-def _failed(
+def failed_record(
     entry: ImageEntry,
     reason: str,
     seconds: float,
-    stamp: list[int] | None,
-    out: Path,
+    stamp: list[Any] | None,
+    output: LocalOutput | RemoteOutput,
     size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """The record of an image that could not be labelled; its stale outputs are removed."""
     # Outputs an earlier run made from a previous version of this file would now be stale.
     mask = mask_name(entry.key)
-    for stale in (out / mask, out / preview_name(mask)):
-        stale.unlink(missing_ok=True)
+    for stale in (mask, preview_name(mask)):
+        output.remove(stale)
     record = {
         "file": entry.rel,
         "status": "failed",
@@ -271,6 +331,7 @@ def _failed(
 
 def _finish(
     store: RunStore,
+    output: LocalOutput | RemoteOutput,
     entries: list[ImageEntry],
     vocab: Vocabulary,
     summary: RunSummary,
@@ -278,7 +339,7 @@ def _finish(
 ) -> None:
     """Assemble annotations.json and manifest.jsonl from the records, streaming."""
     current = {e.rel for e in entries}
-    _remove_outputs_of_removed_files(store, current)
+    _remove_outputs_of_removed_files(store, output, current)
 
     def ok_records() -> Iterator[dict[str, Any]]:
         return (r for r in store.sorted_records(current) if r["status"] == "ok")
@@ -289,10 +350,11 @@ def _finish(
         "method": run_info["method"],
         "recipe": run_info["recipe"],
     }
-    summary.images_written, summary.annotations_written = write_coco(
-        store.out / "annotations.json", vocab.names, ok_records, info
-    )
-    with atomic_open(store.out / "manifest.jsonl", "w") as manifest:
+    with output.staged("annotations.json") as path:
+        summary.images_written, summary.annotations_written = write_coco(
+            path, vocab.names, ok_records, info
+        )
+    with output.staged("manifest.jsonl") as path, atomic_open(path, "w") as manifest:
         for rec, row in _manifest_rows(store, current, summary.skipped):
             if row["status"] == "ok":
                 summary.ok += 1
@@ -305,14 +367,16 @@ def _finish(
             manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _remove_outputs_of_removed_files(store: RunStore, current: set[str]) -> None:
+def _remove_outputs_of_removed_files(
+    store: RunStore, output: LocalOutput | RemoteOutput, current: set[str]
+) -> None:
     """Delete masks and previews of images that left the input folder since an earlier run."""
     live = {r["mask"] for r in store.sorted_records(current) if r["status"] == "ok"}
     for rec in store.sorted_records():
         mask = rec.get("mask")
         if rec["file"] not in current and mask and mask not in live:
-            for stale in (store.out / mask, store.out / preview_name(mask)):
-                stale.unlink(missing_ok=True)
+            for stale in (mask, preview_name(mask)):
+                output.remove(stale)
 
 
 def _manifest_rows(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -51,8 +52,13 @@ def root(
 @opt.job_options
 def run(
     ctx: typer.Context,
-    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
+    images: Annotated[
+        str,
+        typer.Argument(help="Folder of images (searched recursively): a path or an fsspec URL."),
+    ],
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Output folder: a path or an fsspec URL (s3://...).")
+    ] = str(DEFAULT_OUT),
     method: Annotated[
         opt.MethodName | None,
         typer.Option(
@@ -76,18 +82,56 @@ def run(
         bool,
         typer.Option("--overwrite", help="Replace a run with other settings in the output folder."),
     ] = False,
+    engine: Annotated[
+        Literal["local", "ray"],
+        typer.Option("--engine", help="Label in this process, or on a Ray cluster's workers."),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray cluster (default: RAY_ADDRESS, else a new one)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Ray: workers, one model each (default: 1 per GPU, or 1)."),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float, typer.Option("--gpus-per-worker", help="Ray: GPUs each worker takes.")
+    ] = 0.0,
+    storage_options: Annotated[
+        str | None,
+        typer.Option(
+            "--storage-options",
+            metavar="JSON",
+            help='fsspec options for URLs, e.g. \'{"endpoint_url": "http://..."}\'.',
+        ),
+    ] = None,
 ) -> None:
     """Segment every image in IMAGES into the vocabulary's classes; write COCO, PNGs, manifest."""
     # Every option, the shared ones included, reaches the config by name through ctx.params.
-    summary = run_with_progress(opt.job_config(RunConfig, ctx.params))
+    config = opt.job_config(RunConfig, ctx.params)
+    config.storage_options = _storage_options(storage_options)
+    summary = run_with_progress(config)
     print_summary(summary)
     if summary.failed:
         raise typer.Exit(1)
 
 
+def _storage_options(text: str | None) -> dict[str, Any] | None:
+    """--storage-options: a JSON object of keyword arguments for the fsspec filesystem."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON ({exc})", param_hint="--storage-options") from exc
+    if not isinstance(value, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--storage-options")
+    return value
+
+
 def run_with_progress(config: RunConfig) -> RunSummary:
-    """Run a job through the Python API under a Rich progress bar (images/s and ETA)."""
-    from autolabel.api import Labeler
+    """Run a job (as the Python API's label_folder does) under a Rich progress bar."""
+    from autolabel.runner import run_job
 
     columns = (
         TextColumn("[bold]labelling"),
@@ -111,15 +155,7 @@ def run_with_progress(config: RunConfig) -> RunSummary:
         bar.update(task, rate=f"{speed:.2f} img/s" if speed else "")
 
     try:
-        return Labeler.from_config(config, lazy=True).label_folder(
-            config.images,
-            config.out,
-            previews=config.previews,
-            resume=config.resume,
-            overwrite=config.overwrite,
-            batch_size=config.batch_size,
-            progress=advance,
-        )
+        return run_job(config, progress=advance)
     finally:
         bar.stop()
 
@@ -150,10 +186,10 @@ def print_summary(summary: RunSummary) -> None:
             console.print(f"{label} {escape(rel)}: {escape(reason)}", highlight=False)
         if len(rows) > SUMMARY_LINES:
             console.print(f"{label} ... and {len(rows) - SUMMARY_LINES} more in manifest.jsonl")
-    out = summary.out
+    out = str(summary.out).rstrip("/")
     console.print(
-        f"outputs: {out / 'annotations.json'} ({summary.annotations_written} instances), "
-        f"{out / 'masks'}/, {out / 'manifest.jsonl'}, {out / 'run.json'}",
+        f"outputs: {out}/annotations.json ({summary.annotations_written} instances), "
+        f"{out}/masks/, {out}/manifest.jsonl, {out}/run.json",
         highlight=False,
     )
 

@@ -16,7 +16,9 @@ console = Console(soft_wrap=True)
 
 @app.command(name="eval")
 def eval_command(
-    run_dir: Path = typer.Argument(..., help="Output folder of `autolabel run`."),
+    run_dir: str = typer.Argument(
+        ..., help="Output folder of `autolabel run`: a path or an fsspec URL (s3://...)."
+    ),
     gt_masks: Path | None = typer.Option(
         None, "--gt-masks", help="Ground-truth label PNGs, same relative names and class ids."
     ),
@@ -35,13 +37,15 @@ def eval_command(
     P/R/F1) with --gt-masks, instance (COCO mask AP, AP50, AP75, per class) with --gt-coco."""
     from autolabel.errors import UsageError
     from autolabel.evaluate import evaluate_instances, evaluate_run
+    from autolabel.io.storage import local_run
 
     if gt_masks is None and gt_coco is None:
         raise UsageError("give --gt-masks FOLDER, --gt-coco FILE, or both")
     semantic = None
-    if gt_masks is not None:
-        semantic = evaluate_run(run_dir, gt_masks, None if ignore_index < 0 else ignore_index)
-    instances = evaluate_instances(run_dir, gt_coco) if gt_coco is not None else None
+    with local_run(run_dir) as folder:  # a run in object storage: a local copy to read
+        if gt_masks is not None:
+            semantic = evaluate_run(folder, gt_masks, None if ignore_index < 0 else ignore_index)
+        instances = evaluate_instances(folder, gt_coco) if gt_coco is not None else None
     if as_json:
         data = {} if semantic is None else semantic.to_dict()
         if instances is not None:

@@ -49,6 +49,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def json_text(data: Any) -> str:
+    """JSON as autolabel writes its files: UTF-8 text, indented, with a final newline."""
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (UTF-8, indented)."""
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json_text(data))

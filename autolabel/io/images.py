@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import warnings
@@ -192,19 +193,29 @@ def _stat_problem(exc: OSError, what: str) -> str:
     return f"{what}: {exc.strerror or exc}"
 
 
-def load_image(entry: ImageEntry) -> LoadedImage | LoadError:
-    """Decode one file to upright RGB uint8; every failure comes back as a LoadError."""
-    try:
-        size = entry.path.stat().st_size
-    except OSError as exc:
-        return LoadError(entry, _stat_problem(exc, "cannot read file"))
+def stamp(path: Path) -> list[int]:
+    """Size and modification time: a file replaced under the same name is labelled again."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def load_image(entry: ImageEntry, data: bytes | None = None) -> LoadedImage | LoadError:
+    """Decode one file (or its bytes, fetched elsewhere) to upright RGB uint8; every failure
+    comes back as a LoadError."""
+    if data is None:
+        try:
+            size = entry.path.stat().st_size
+        except OSError as exc:
+            return LoadError(entry, _stat_problem(exc, "cannot read file"))
+    else:
+        size = len(data)
     if size == 0:
         return LoadError(entry, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             # Pillow warns from half of MAX_PIXELS on; the limit here is MAX_PIXELS itself.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(entry.path) as im:
+            with Image.open(entry.path if data is None else io.BytesIO(data)) as im:
                 return decode_pil(entry, im)
     except Image.DecompressionBombError as exc:
         return LoadError(entry, f"image too large to decode safely ({exc})")

@@ -45,6 +45,11 @@ def palette(n: int) -> np.ndarray:
 
 def write_label_png(path: Path, labels: np.ndarray) -> None:
     """Save a label map whose pixel values are class ids: a palette PNG, 16-bit beyond id 255."""
+    atomic_write_bytes(path, label_png_bytes(labels))
+
+
+def label_png_bytes(labels: np.ndarray) -> bytes:
+    """The PNG file of a label map, as write_label_png saves it."""
     top = int(labels.max()) if labels.size else 0
     if labels.size and (labels.min() < 0 or top > 65535):
         raise ValueError(f"class ids must lie in 0..65535, got {labels.min()}..{top}")
@@ -56,7 +61,7 @@ def write_label_png(path: Path, labels: np.ndarray) -> None:
         image = Image.fromarray(labels.astype(np.uint16))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def read_label_png(path: Path) -> np.ndarray:
@@ -108,6 +113,13 @@ def write_preview(
     max_side: int = 1024,
 ) -> None:
     """Outline each instance in its class colour and caption it with its class; save as JPEG."""
+    atomic_write_bytes(path, preview_bytes(rgb, instances, names, max_side))
+
+
+def preview_bytes(
+    rgb: np.ndarray, instances: Iterable[Instance], names: list[str], max_side: int = 1024
+) -> bytes:
+    """The preview JPEG that write_preview saves."""
     canvas = fit_max_side(rgb, max_side).copy()
     scale = canvas.shape[1] / rgb.shape[1]
     # Only instances big enough to read get a caption; tiny specks would bury the image in text.
@@ -127,7 +139,7 @@ def write_preview(
     _draw_captions(image, [inst for _, inst in captioned], names, scale)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=88)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _draw_captions(

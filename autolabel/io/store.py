@@ -12,11 +12,14 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from autolabel.errors import UsageError
 from autolabel.io.atomic import atomic_write_json
 from autolabel.io.run_folder import OUTPUT_NAMES, STATE_DIR, TEMP_PREFIXES, TEMP_TREES
+
+if TYPE_CHECKING:
+    from autolabel.io.storage import Remote
 
 try:
     import fcntl
@@ -57,7 +60,7 @@ class RunStore:
         identity = _plain(identity)
         previous = self._read_state()
         if previous is None:
-            foreign = [n for n in OUTPUT_NAMES if (self.out / n).exists()]
+            foreign = [n for n in OUTPUT_NAMES if self._has(n)]
             if foreign and not overwrite:
                 raise UsageError(
                     f"{self.out} already holds {', '.join(foreign)} that no autolabel run "
@@ -180,6 +183,9 @@ class RunStore:
         except (OSError, ValueError):
             return None
 
+    def _has(self, name: str) -> bool:
+        return (self.out / name).exists()
+
     def _truncate_torn_line(self) -> None:
         """Cut a last line that a crash left without its newline (or unparseable)."""
         if not self.records_path.exists():
@@ -198,6 +204,72 @@ class RunStore:
                 for name in files:
                     if name.startswith(".") and name.endswith(".tmp"):
                         os.unlink(os.path.join(parent, name))
+
+
+class ObjectRunStore(RunStore):
+    """The same records in an object store, which has no append: one object per image.
+
+    `.autolabel/records/<file>.json` holds the latest record of each input file, written whole
+    after the image's mask (and preview) exist, so a record always names outputs that exist.
+    Object stores have no locks either: one run at a time per output prefix is the user's care.
+    """
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self.out = remote.url  # type: ignore[assignment]  # named in messages only
+        self.records_prefix = f"{STATE_DIR}/records"
+        self.state_name = f"{STATE_DIR}/state.json"
+
+    def open(
+        self, identity: dict[str, Any], *, resume: bool, overwrite: bool
+    ) -> dict[str, dict[str, Any]]:
+        """Check as `check` does, clear what this run replaces, record the run's identity."""
+        previous = self._read_state()
+        finished = self.check(identity, resume=resume, overwrite=overwrite)
+        if overwrite or not resume or previous != _plain(identity):
+            self.clear()
+        self.remote.write(self.state_name, json.dumps(_plain(identity)).encode("utf-8"))
+        return finished
+
+    def clear(self) -> None:
+        """Remove every object a previous run wrote under the prefix (and only those)."""
+        for name in OUTPUT_NAMES:
+            self.remote.delete_tree(name)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Persist one image's record as its own object."""
+        data = json.dumps(record, ensure_ascii=False).encode("utf-8")
+        self.remote.write(self._record_name(record["file"]), data)
+
+    def close(self) -> None:
+        """Nothing is held open."""
+
+    def sorted_records(self, keep: set[str] | None = None) -> Iterator[dict[str, Any]]:
+        """The record of each file, ordered by path, one in memory at a time."""
+        for rel in sorted(self._files()):
+            if keep is None or rel in keep:
+                yield json.loads(self.remote.read(self._record_name(rel)))
+
+    def _scan(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        for i, rel in enumerate(self._files()):
+            yield i, json.loads(self.remote.read(self._record_name(rel)))
+
+    def _files(self) -> list[str]:
+        """The input files that have a record (names only: a path per image in memory)."""
+        start, end = len(self.records_prefix) + 1, -len(".json")
+        return [rel[start:end] for rel, _ in self.remote.listing(self.records_prefix)]
+
+    def _record_name(self, rel: str) -> str:
+        return f"{self.records_prefix}/{rel}.json"
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.remote.read(self.state_name))
+        except (OSError, ValueError):
+            return None
+
+    def _has(self, name: str) -> bool:
+        return bool(self.remote.fs.exists(self.remote.key(name)))
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:
