@@ -5,6 +5,10 @@ and usage errors before anything is written. S3 itself and the Ray engine: test_
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import fsspec
@@ -151,3 +155,55 @@ def test_an_unreachable_endpoint_is_a_usage_error_naming_the_url(
     assert main([*args, "-o", "s3://bucket/out", "--storage-options", options]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: s3://bucket/out: cannot reach the store (") and "\n" not in err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_wrong_credentials_are_a_usage_error_naming_the_url(
+    monkeypatch, tmp_path, image_folder, vocab_file, tiny_recipe, capsys
+) -> None:
+    """A real S3 server (moto, loopback only) that checks keys: a run with keys it does not know
+    stops with one line naming the URL, before anything is written."""
+    boto3 = pytest.importorskip("boto3")
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    # moto enforces authentication after this many requests: the bucket is made, then keys count.
+    env = {"INITIAL_NO_AUTH_ACTION_COUNT": "1", "PATH": "/usr/bin:/bin"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.1)
+        client = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id="setup", aws_secret_access_key="setup",
+        )  # fmt: skip
+        client.create_bucket(Bucket="bucket")
+        options = json.dumps({"endpoint_url": endpoint, "key": "wrong", "secret": "wrong"})
+        args = ["run", str(image_folder), "--vocab", str(vocab_file), "--recipe", str(tiny_recipe)]
+        code = main([*args, "-o", "s3://bucket/out", "--storage-options", options])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, err
+        assert err.startswith("error: s3://bucket/out: access denied; check the credentials")
+        assert "\n" not in err
+    finally:
+        server.kill()
+        server.wait(timeout=30)
