@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+import fsspec
 import numpy as np
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
 from autolabel.cli import main
@@ -143,6 +145,34 @@ def test_cli_push(fo: ModuleType, tiny_run: Path, dataset_name: str, capsys) -> 
     dataset = fo.load_dataset(dataset_name)
     assert dataset.persistent and len(dataset) == 3
     dataset.delete()
+
+
+def test_cli_push_reads_a_run_in_object_storage(
+    fo: ModuleType, image_folder: Path, vocab_file: Path, tiny_recipe: Path, dataset_name: str,
+    capsys,
+) -> None:  # fmt: skip
+    from autolabel.runner import run_job
+
+    memory = fsspec.filesystem("memory")  # an object store: no rename, no append
+    url = f"memory://{dataset_name}"
+    try:
+        summary = run_job(tiny_config(image_folder, vocab_file, url, tiny_recipe))
+        assert summary.ok == 3
+        code = main(["push", "fiftyone", url, "--dataset", dataset_name])
+        text = capsys.readouterr().out
+        assert code == 0, text
+        assert "3 samples added" in text
+        coco = json.loads(memory.cat_file(f"/{dataset_name}/annotations.json"))
+        dataset = fo.load_dataset(dataset_name)
+        assert sorted(Path(p).name for p in dataset.values("filepath")) == [
+            "a.png",
+            "b.jpg",
+            "c.png",
+        ]
+        assert dataset.count("autolabel_instances.detections") == len(coco["annotations"]) > 0
+        dataset.delete()
+    finally:
+        memory.rm(f"/{dataset_name}", recursive=True)
 
 
 def test_cli_push_reports_usage_errors(fo: ModuleType, tmp_path: Path, tiny_run: Path, capsys):

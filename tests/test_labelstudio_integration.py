@@ -140,6 +140,37 @@ def test_push_reads_back_exactly_and_is_idempotent(
     assert client.projects.get(id=project_id).model_version == newer_version
 
 
+def test_push_reads_a_run_in_object_storage(
+    label_studio: LabelStudioServer, image_folder: Path, vocab_file: Path, tiny_recipe: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    import fsspec
+    from conftest import tiny_config
+
+    from autolabel.runner import run_job
+
+    memory = fsspec.filesystem("memory")  # an object store: no rename, no append
+    url = f"memory://ls-{tmp_path.name}"
+    ls, client = label_studio, _client(label_studio)
+    title = f"object storage {tmp_path.name}"
+    try:
+        assert run_job(tiny_config(image_folder, vocab_file, url, tiny_recipe)).ok == 3
+        prefix = "http://images.example.invalid/in"
+        code = main([
+            "push", "labelstudio", url, "--url", ls.url, "--api-key", ls.api_key,
+            "--title", title, "--url-prefix", prefix,
+        ])  # fmt: skip
+        assert code == 0
+        coco = json.loads(memory.cat_file(f"/ls-{tmp_path.name}/annotations.json"))
+    finally:
+        memory.rm(f"/ls-{tmp_path.name}", recursive=True)
+    tasks = _tasks(client, _project_id(client, title))
+    names = {im["file_name"] for im in coco["images"]}
+    assert sorted(t["data"]["image"] for t in tasks) == sorted(f"{prefix}/{n}" for n in names)
+    regions = sum(len(t["predictions"][0]["result"]) for t in tasks)
+    assert regions == len(coco["annotations"]) > 0
+
+
 def test_pull_after_review(label_studio: LabelStudioServer, tiny_run: Path, tmp_path: Path) -> None:
     ls, client = label_studio, _client(label_studio)
     summary = push_run(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -97,36 +96,16 @@ def run(
     gpus_per_worker: Annotated[
         float, typer.Option("--gpus-per-worker", help="Ray: GPUs each worker takes.")
     ] = 0.0,
-    storage_options: Annotated[
-        str | None,
-        typer.Option(
-            "--storage-options",
-            metavar="JSON",
-            help='fsspec options for URLs, e.g. \'{"endpoint_url": "http://..."}\'.',
-        ),
-    ] = None,
+    storage_options: opt.StorageOptions = None,
 ) -> None:
     """Segment every image in IMAGES into the vocabulary's classes; write COCO, PNGs, manifest."""
     # Every option, the shared ones included, reaches the config by name through ctx.params.
     config = opt.job_config(RunConfig, ctx.params)
-    config.storage_options = _storage_options(storage_options)
+    config.storage_options = opt.parse_storage_options(storage_options)
     summary = run_with_progress(config)
     print_summary(summary)
     if summary.failed:
         raise typer.Exit(1)
-
-
-def _storage_options(text: str | None) -> dict[str, Any] | None:
-    """--storage-options: a JSON object of keyword arguments for the fsspec filesystem."""
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not JSON ({exc})", param_hint="--storage-options") from exc
-    if not isinstance(value, dict):
-        raise typer.BadParameter("must be a JSON object", param_hint="--storage-options")
-    return value
 
 
 def run_with_progress(config: RunConfig) -> RunSummary:

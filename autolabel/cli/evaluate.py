@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from autolabel.cli import options as opt
 from autolabel.cli.apps import app
 
 console = Console(soft_wrap=True)
@@ -32,6 +33,7 @@ def eval_command(
         255, "--ignore-index", help="Ground-truth value to skip (-1: count every pixel)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    storage_options: opt.StorageOptions = None,
 ) -> None:
     """Score a run against ground truth: semantic (per-class IoU, mIoU, accuracy, presence
     P/R/F1) with --gt-masks, instance (COCO mask AP, AP50, AP75, per class) with --gt-coco."""
@@ -42,7 +44,8 @@ def eval_command(
     if gt_masks is None and gt_coco is None:
         raise UsageError("give --gt-masks FOLDER, --gt-coco FILE, or both")
     semantic = None
-    with local_run(run_dir) as folder:  # a run in object storage: a local copy to read
+    # A run in object storage: a local copy to read.
+    with local_run(run_dir, opt.parse_storage_options(storage_options)) as folder:
         if gt_masks is not None:
             semantic = evaluate_run(folder, gt_masks, None if ignore_index < 0 else ignore_index)
         instances = evaluate_instances(folder, gt_coco) if gt_coco is not None else None

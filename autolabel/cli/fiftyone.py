@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from autolabel.cli import options as opt
 from autolabel.cli.apps import push_app
 from autolabel.errors import UsageError
 
@@ -16,7 +16,12 @@ console = Console()
 
 @push_app.command("fiftyone")
 def push_fiftyone(
-    out: Annotated[Path, typer.Argument(help="Output folder of `autolabel run`.")],
+    out: Annotated[
+        str,
+        typer.Argument(
+            help="Output folder of `autolabel run`: a path or an fsspec URL (s3://...)."
+        ),
+    ],
     dataset: Annotated[
         str, typer.Option("--dataset", "-d", help="FiftyOne dataset (created if new).")
     ],
@@ -26,6 +31,7 @@ def push_fiftyone(
     field: Annotated[
         str, typer.Option("--field", help="Field prefix: <field>_instances, <field>_semantic.")
     ] = "autolabel",
+    storage_options: opt.StorageOptions = None,
 ) -> None:
     """Add the run's images as samples with instance masks, semantic masks and provenance."""
     try:
@@ -35,7 +41,10 @@ def push_fiftyone(
             f"FiftyOne is not available ({exc}); install it with `pip install fiftyone` "
             "(README, FiftyOne section: the database wheel for offline machines)"
         ) from exc
-    summary = push_run(out, dataset, field, persistent)
+    from autolabel.io.storage import local_run
+
+    with local_run(out, opt.parse_storage_options(storage_options)) as folder:
+        summary = push_run(folder, dataset, field, persistent)
     instances_field, semantic_field = summary.fields
     console.print(
         f"dataset [bold]{summary.dataset}[/]: {summary.added} samples added, "

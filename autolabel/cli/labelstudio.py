@@ -24,7 +24,9 @@ KEY_HELP = "API token (Account & Settings: personal access token or legacy token
 
 @push_app.command("labelstudio")
 def push_labelstudio(
-    out: Path = typer.Argument(..., help="Output folder of `autolabel run`."),
+    out: str = typer.Argument(
+        ..., help="Output folder of `autolabel run`: a path or an fsspec URL (s3://...)."
+    ),
     url: str = typer.Option(..., "--url", envvar="LABEL_STUDIO_URL", help=URL_HELP),
     api_key: str = typer.Option(..., "--api-key", envvar="LABEL_STUDIO_API_KEY", help=KEY_HELP),
     project: int = typer.Option(None, "--project", help="Existing project id."),
@@ -43,13 +45,16 @@ def push_labelstudio(
         False, "--polygons", help="New projects also get PolygonLabels for reviewers."
     ),
     chunk_mb: float = typer.Option(16.0, "--chunk-mb", help="Largest request body, in MB."),
+    storage_options: opt.StorageOptions = None,
 ) -> None:
     """Send a run's masks to Label Studio as tasks with brush pre-annotations (idempotent)."""
+    from autolabel.io.storage import local_run
     from autolabel.sinks.labelstudio.push import iter_summary_lines, push_run
 
-    with _bar("pushing") as advance:
+    options = opt.parse_storage_options(storage_options)
+    with local_run(out, options) as folder, _bar("pushing") as advance:
         summary = push_run(
-            out,
+            folder,
             url,
             api_key,
             project_id=project,

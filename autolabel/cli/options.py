@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import re
 from collections.abc import Callable
 from dataclasses import fields
@@ -23,6 +24,30 @@ CHECKPOINTS = ("checkpoint", "classifier_checkpoint", "clip_checkpoint")
 # --method takes the registry's names: Typer shows them in help, completes and checks them.
 MethodName = Literal[tuple(METHODS)]
 DEVICES = "auto|cpu|cuda|cuda:N"
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    """--storage-options: a JSON object of keyword arguments for the fsspec filesystem."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON ({exc})", param_hint="--storage-options") from exc
+    if not isinstance(value, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--storage-options")
+    return value
+
+
+# Credentials and endpoints of fsspec URLs (s3://, gs://, az://), for every command that takes one.
+StorageOptions = Annotated[
+    str | None,
+    typer.Option(
+        "--storage-options",
+        metavar="JSON",
+        help='fsspec options for URLs, e.g. \'{"endpoint_url": "http://..."}\'.',
+    ),
+]
 
 
 def parse_device(value: str) -> str:
