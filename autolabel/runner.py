@@ -20,13 +20,14 @@ from autolabel.instances import Instances
 from autolabel.io.atomic import atomic_open
 from autolabel.io.coco import write_coco
 from autolabel.io.images import ImageEntry, LoadedImage
-from autolabel.io.report import write_report
+from autolabel.io.report import REPORT_DIR, REPORT_NAME, write_report
 from autolabel.io.run_folder import mask_name, preview_name
 from autolabel.io.storage import (
     LocalImages,
     LocalOutput,
     RemoteImages,
     RemoteOutput,
+    local_run,
     open_images,
     open_output,
 )
@@ -155,11 +156,10 @@ def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = N
             if progress is not None:
                 progress(1, len(entries), summary.resumed)
         _finish(store, output, entries, vocab, summary, run_info)
-        if isinstance(output, LocalOutput):  # report.html reads a local folder (autolabel report)
-            try:
-                write_report(output.out)
-            except Exception as exc:  # the report must never cost a finished run
-                summary.warnings.append(f"report.html not written: {type(exc).__name__}: {exc}")
+        try:
+            _write_report(output)
+        except Exception as exc:  # the report must never cost a finished run
+            summary.warnings.append(f"report.html not written: {type(exc).__name__}: {exc}")
     except OSError as exc:
         if exc.errno in FATAL_WRITE_ERRNOS:
             raise AutolabelError(
@@ -173,6 +173,17 @@ def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = N
             pool.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _write_report(output: LocalOutput | RemoteOutput) -> None:
+    """report.html and its thumbnails; for object storage, made from a local copy of the run
+    (previews included) and uploaded beside it."""
+    if isinstance(output, LocalOutput):
+        write_report(output.out)
+        return
+    with local_run(output.name, output.remote.options, previews=True) as folder:
+        write_report(folder)
+        output.upload(folder, (REPORT_NAME, REPORT_DIR))
 
 
 def check_engine(config: RunConfig) -> Any:

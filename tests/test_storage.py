@@ -38,7 +38,7 @@ def outputs(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, bytes]:
 
 
 def local_outputs(out: Path) -> dict[str, bytes]:
-    """The same files of a local run (report.html aside: written for local folders only)."""
+    """The same files of a local run (report.html and its thumbnails aside)."""
     keep = ("annotations.json", "manifest.jsonl", "masks/", "previews/")
     files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     return {k: v for k, v in files.items() if k.startswith(keep)}
@@ -61,6 +61,15 @@ def test_memory_store_gets_the_outputs_of_a_local_run_and_resumes(
     summary = run_job(config)
     assert summary.ok == 3 and summary.out == "memory://out"
     remote, expected = outputs(memory, "/out"), local_outputs(local)
+    # report.html is made from a local copy of the run and uploaded, thumbnails beside it.
+    report = remote.pop("report.html").decode()
+    thumbs = sorted(k for k in remote if k.startswith("report/"))
+    for key in thumbs:
+        del remote[key]
+    assert thumbs == sorted(
+        p.relative_to(local).as_posix() for p in (local / "report").rglob("*") if p.is_file()
+    )
+    assert len(thumbs) == 3 and all(t in report for t in ("a.png", "b.jpg", "sub/c.png"))
     manifests = remote.pop("manifest.jsonl"), expected.pop("manifest.jsonl")
     assert remote == expected  # annotations.json, masks and previews, byte for byte
     assert strip_seconds(manifests[0]) == strip_seconds(manifests[1])

@@ -357,6 +357,17 @@ class RemoteOutput:
             yield path
             self.remote.fs.put_file(str(path), self.remote.key(rel))
 
+    def upload(self, folder: Path, names: Iterable[str]) -> None:
+        """Copy files and folders of a local folder to the same names under this prefix, each
+        file as one whole object."""
+        for name in names:
+            path = folder / name
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for file in files:
+                self.remote.fs.put_file(
+                    str(file), self.remote.key(file.relative_to(folder).as_posix())
+                )
+
     def inside(self, images: LocalImages | RemoteImages) -> list[str]:
         """The prefix of this folder relative to the input prefix, when it lies inside it."""
         if isinstance(images, RemoteImages) and self.remote.url.startswith(images.remote.url + "/"):
@@ -373,20 +384,22 @@ def open_output(out: str | Path, options: dict[str, Any] | None) -> LocalOutput 
 
 
 @contextlib.contextmanager
-def local_run(out: str | Path, options: dict[str, Any] | None = None) -> Iterator[Path]:
+def local_run(
+    out: str | Path, options: dict[str, Any] | None = None, previews: bool = False
+) -> Iterator[Path]:
     """A run folder to read: the folder itself, or a temporary local copy of a run in object
-    storage (run.json, annotations.json, manifest.jsonl and masks/) for as long as it is used."""
+    storage (run.json, annotations.json, manifest.jsonl, masks/ and, if asked, previews/) for as
+    long as it is used."""
     where = location(out)
     if isinstance(where, Path):
         yield where
         return
     remote = Remote(where, dict(options or {}))
     remote.check()
+    folders = ("masks/", "previews/") if previews else ("masks/",)
     with tempfile.TemporaryDirectory(prefix="autolabel-run-") as tmp:
         for rel, _ in remote.listing():
-            if rel in ("run.json", "annotations.json", "manifest.jsonl") or rel.startswith(
-                "masks/"
-            ):
+            if rel in ("run.json", "annotations.json", "manifest.jsonl") or rel.startswith(folders):
                 target = Path(tmp, rel)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 remote.fs.get_file(remote.key(rel), str(target))
