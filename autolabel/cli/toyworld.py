@@ -18,7 +18,9 @@ DEMO_SEED = 2024  # never used in training (training uses seed 0)
 
 @toyworld_app.command()
 def generate(
-    out: Path = typer.Argument(..., help="Output folder: images/, masks/ and vocab.txt."),
+    out: Path = typer.Argument(
+        ..., help="Output folder: images/, masks/, instances.json and vocab.txt."
+    ),
     n: int = typer.Option(20, "--n", help="Number of scenes."),
     seed: int = typer.Option(1, "--seed", help="Scene stream; the toy model was trained on 0."),
     size: int = typer.Option(DEFAULT_SIZE, "--size", help="Side of each square scene in pixels."),
@@ -29,8 +31,8 @@ def generate(
 
     count = write_dataset(out, n, seed, size, overwrite)
     console.print(
-        f"wrote {count} scenes to {out / 'images'}/, their label maps to {out / 'masks'}/ "
-        f"and the classes to {out / 'vocab.txt'}",
+        f"wrote {count} scenes to {out / 'images'}/, their label maps to {out / 'masks'}/, "
+        f"their instances to {out / 'instances.json'} and the classes to {out / 'vocab.txt'}",
         highlight=False,
     )
 
