@@ -52,6 +52,7 @@ def toy_sam_config() -> object:
         window_size=0,  # global attention everywhere: 256 tokens are cheap
         global_attn_indexes=[],
         mlp_dim=384,
+        initializer_range=0.02,  # SamVisionConfig's default (1e-10) leaves the encoder silent
         num_pos_feats=width // 2,
         scale=width // 2,
     )
@@ -87,7 +88,7 @@ class SamTrainSettings:
     """Everything that determines the trained weights."""
 
     seed: int = 0
-    steps: int = 1500
+    steps: int = 1200
     batch_size: int = 8  # scenes per step
     prompts: int = 6  # point prompts and box prompts per scene
     lr: float = 1e-3
