@@ -54,7 +54,7 @@ def toy_sam_config() -> object:
         mlp_dim=384,
         initializer_range=0.02,  # SamVisionConfig's default (1e-10) leaves the encoder silent
         num_pos_feats=width // 2,
-        scale=width // 2,
+        scale=1.0,  # SAM's random Fourier features (PositionEmbeddingRandom); wider ones alias
     )
     prompt = SamPromptEncoderConfig(
         hidden_size=width, image_size=DEFAULT_SIZE, patch_size=PATCH, mask_input_channels=8
