@@ -259,11 +259,42 @@ def test_run_with_refine_sam_end_to_end(sam_folders, tmp_path):
     assert json.loads((out / "annotations.json").read_text())["images"]
 
 
-def test_a_missing_sam_folder_names_the_option(tmp_path):
+def test_sam_load_errors_name_the_option(tmp_path, monkeypatch, sam_folders):
+    import huggingface_hub.constants
+
     from autolabel.models.sam import load_sam
 
-    with pytest.raises(ModelLoadError, match="--sam-model"):
-        load_sam(str(tmp_path / "nothing-here"), "cpu")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelLoadError, match="could not fetch weights") as info:
+        load_sam("autolabel-tests/no-such-sam", "cpu")
+    assert "--sam-model DIR" in str(info.value) and "save_pretrained" in str(info.value)
+    with pytest.raises(ModelLoadError, match="--sam-model .*no such folder"):
+        load_sam(str(tmp_path / "nothing" / "here"), "cpu")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="--sam-model .*no config.json"):
         load_sam(str(tmp_path / "empty"), "cpu")
+
+
+def test_a_bad_sam_setting_fails_before_anything_is_written(tmp_path):
+    from autolabel.api import Labeler
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: fast\nmodel: toy\nsam: {iom_thres: 1.5}\n")
+    with pytest.raises(UsageError, match="sam.iom_thres"):
+        Labeler(["red circle"], recipe=str(recipe), refine="sam", lazy=True)
+    with pytest.raises(UsageError, match="--refine"):
+        Labeler(["red circle"], model="toy", method="fast", refine="sharpen", lazy=True)
+
+
+def test_refine_switches_each_methods_crf_and_is_recorded(sam_folders):
+    from autolabel.api import Labeler
+
+    fast = Labeler(["red circle"], model="toy", method="fast", refine="crf", lazy=True)
+    assert fast.settings["crf"] is True and fast.sam is None
+    car = Labeler(["red circle"], model="toy", refine="sam", sam_model="toy", lazy=True)
+    assert car.settings["crf"] is False and car.sam.model == "toy"
+    assert car.identity()["refine"] == "sam" and car.identity()["sam"]["model"] == "toy"
+    default = Labeler(["red circle"], model="toy", lazy=True)
+    assert "crf" not in default.settings and "refine" not in default.identity()
