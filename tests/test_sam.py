@@ -57,13 +57,16 @@ def test_match_falls_back_to_the_best_mask_and_keeps_the_class_mask_when_iou_is_
     assert not replace  # IoU 100/400 <= 0.7: the class mask stays
 
 
-def test_a_group_mask_adds_no_object_and_objects_do_not_overlap():
+def test_a_less_confident_group_or_part_adds_no_object_and_objects_do_not_overlap():
     a, b = box(0, 0, 10, 6), box(0, 6, 10, 12)
-    group = a | b
-    objects = objects_of(np.stack([group, a, b]), np.array([0.9, 0.8, 0.7]), 3)
-    assert len(objects) == 2
-    assert {round(o.predicted_iou, 2) for o in objects} == {0.8, 0.7}
-    assert not (objects[0].mask & objects[1].mask).any()
+    group, part = a | b, box(0, 0, 4, 4)
+    masks = np.stack([group, a, part, b])
+    objects = objects_of(masks, np.array([0.6, 0.8, 0.5, 0.7]), 3)
+    assert [round(o.predicted_iou, 2) for o in objects] == [0.8, 0.7]
+    assert np.array_equal(objects[0].mask, a) and np.array_equal(objects[1].mask, b)
+    # A confident group wins over its parts: then it is one object.
+    objects = objects_of(masks, np.array([0.9, 0.8, 0.5, 0.7]), 3)
+    assert len(objects) == 1 and np.array_equal(objects[0].mask, group)
 
 
 def test_touching_objects_of_one_class_become_two_instances_with_sam_scores():

@@ -116,17 +116,17 @@ def match(
 
 
 def objects_of(masks: np.ndarray, predicted_iou: np.ndarray, class_id: int) -> list[SamObject]:
-    """One object per matched SAM mask; a mask mostly covered by smaller matched masks is a
-    group of them (SAM's "whole" candidate) and adds no object: each pixel goes to the smallest
-    mask holding it, and a mask keeping less than half its pixels is dropped."""
-    order = np.argsort(masks.reshape(len(masks), -1).sum(1), kind="stable")
+    """One object per matched SAM mask, most confident first (SAM's predicted IoU, the order of
+    its NMS): each mask takes the pixels no earlier mask took, and a mask left with less than
+    half its pixels (a group of objects already taken, or a part of one) adds no object."""
+    order = np.argsort(-predicted_iou, kind="stable")
     taken = np.zeros(masks.shape[1:], bool)
     out = []
     for i in order:
         own = masks[i] & ~taken
         if own.any() and own.sum() * 2 >= masks[i].sum():
             out.append(SamObject(class_id, own, float(predicted_iou[i])))
-        taken |= masks[i]
+            taken |= own
     return out
 
 
