@@ -2,7 +2,7 @@
 image), the point-grid decoding with the generator's filters and NMS, and CaR's matching.
 
 Two cases:
-- toy: the bundled toy SAM on a 128 px toy scene, with the toy recipes' settings (16 x 16 grid);
+- toy: the bundled toy SAM on a 128 px toy scene, with the toy recipes' SAM settings (16 x 16 grid);
 - photo: a random SamModel with SAM ViT-B's architecture (transformers' default SamConfig:
   12 blocks, width 768, 1024 px input) on a photo, with the official generator settings
   (64 x 64 grid, CaR's configs); random weights cost what trained ones cost.
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from autolabel.config import load_recipe
 from autolabel.methods.base import SegResult
 from autolabel.models.sam import LoadedSam, load_sam
 from autolabel.refine.sam import automatic_masks, refine_with_sam
@@ -73,7 +74,7 @@ def main() -> None:
 
     print(f"toy SAM on a toy scene (threads {args.threads}):")
     scene = make_scene(4243, 0)
-    toy = SamSettings(model="toy", points_per_side=16, iom_thres=0.6)
+    toy = SamSettings(**load_recipe("toy").sam)
     measure(load_sam("toy", "cpu"), scene.image, toy, scene.labels.astype(np.int32))
 
     if not args.photo.is_file():
