@@ -28,6 +28,7 @@ from autolabel.toyworld import TOY_NAME
 from autolabel.vocab import Vocabulary, load_vocabulary, parse_vocabulary
 
 if TYPE_CHECKING:
+    from autolabel.refine.sam import SamRefiner
     from autolabel.runner import RunSummary
 
 VocabularyLike = Vocabulary | str | os.PathLike | Sequence[str]
@@ -63,6 +64,8 @@ class Labeler:
         parity: bool = False,
         background: Sequence[str] | None = None,
         settings: dict[str, Any] | None = None,
+        refine: str | None = None,
+        sam_model: str | os.PathLike | None = None,
         device: str = "auto",
         max_side: int = 1024,
         min_area: int = 16,
@@ -85,9 +88,13 @@ class Labeler:
             parity=parity,
             background=None if background is None else list(background),
             settings=settings,
+            refine=refine,
+            sam_model=None if sam_model is None else os.fspath(sam_model),
             **models,
         )
         self.method = resolved.method
+        self.refine = resolved.refine
+        self.sam = resolved.sam
         self.recipe = resolved.recipe
         self.settings = resolved.settings
         self.vocabulary = _vocabulary(vocabulary, resolved.background, resolved.background_user)
@@ -100,6 +107,7 @@ class Labeler:
         self.max_side = max_side
         self.min_area = min_area
         self._segmenter: Segmenter | None = None
+        self._refiner: SamRefiner | None = None
         self._load_lock = threading.Lock()
         self._warned = False
         if not lazy:
@@ -120,6 +128,8 @@ class Labeler:
             classifier_checkpoint=config.classifier_checkpoint,
             parity=config.parity,
             background=config.background,
+            refine=config.refine,
+            sam_model=config.sam_model,
             device=config.device,
             max_side=config.max_side,
             min_area=getattr(config, "min_area", 16),
@@ -138,10 +148,15 @@ class Labeler:
         return other
 
     def load(self) -> Segmenter:
-        """Load the method's models (once; later calls return the same segmenter)."""
+        """Load the method's models and SAM, if the run has a SAM stage (once; later calls return
+        the same segmenter)."""
         with self._load_lock:
             if self._segmenter is None:
                 self._segmenter = build_segmenter(self.method, self._validated, self.device)
+            if self.sam is not None and self._refiner is None:
+                from autolabel.refine.sam import SamRefiner
+
+                self._refiner = SamRefiner.load(self.sam, self.device)
             return self._segmenter
 
     @property
@@ -152,12 +167,22 @@ class Labeler:
     def describe(self) -> dict[str, Any]:
         """Method, recipe, settings and (once loaded) model provenance, JSON-ready."""
         models = self._segmenter.describe() if self._segmenter is not None else {}
+        if self._refiner is not None:
+            models = {**models, **self._refiner.sam.describe()}
         return {
             "method": self.method,
             "recipe": self.recipe,
             "settings": self.settings,
+            **self._refine_record(),
             "models": models,
         }
+
+    def _refine_record(self) -> dict[str, Any]:
+        """--refine and SAM's settings as run.json records them (nothing without --refine)."""
+        if self.refine.refine is None:
+            return {}
+        sam = None if self.sam is None else self.sam.model_dump()
+        return {"refine": self.refine.refine, "sam": sam}
 
     def identity(self) -> dict[str, Any]:
         """What must match for a run folder to be resumed with this Labeler."""
@@ -166,6 +191,7 @@ class Labeler:
             "method": self.method,
             "recipe": self.recipe,
             "settings": self.settings,
+            **self._refine_record(),
             "max_side": self.max_side,
             "min_area": self.min_area,
         }
@@ -186,7 +212,10 @@ class Labeler:
 
     def label_loaded(self, images: list[LoadedImage]) -> dict[str, Instances | ImageError]:
         """Label decoded images as one batch; results keyed by entry.rel, failures as values."""
-        return label_loaded(self.load(), images, self.vocabulary, self.max_side, self.min_area)
+        segmenter = self.load()
+        return label_loaded(
+            segmenter, images, self.vocabulary, self.max_side, self.min_area, self._refiner
+        )
 
     def label_folder(
         self,
@@ -212,6 +241,8 @@ class Labeler:
             device=self.device,
             batch_size=batch_size,
             max_side=self.max_side,
+            refine=self.refine.refine,
+            sam_model=None if self.sam is None else self.sam.model,
             min_area=self.min_area,
             previews=previews,
             resume=resume,

@@ -6,11 +6,14 @@ import importlib.util
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from autolabel.errors import UsageError
+
+if TYPE_CHECKING:
+    from autolabel.refine.settings import RefinePlan, SamSettings
 
 
 def _recipes_dir() -> Path:
@@ -24,7 +27,16 @@ def _recipes_dir() -> Path:
 
 RECIPES_DIR = _recipes_dir()
 DEFAULT_METHOD = "car"
-RECIPE_KEYS = {"method", "model", "pretrained", "background", "settings", "description"}
+RECIPE_KEYS = {
+    "method",
+    "model",
+    "pretrained",
+    "background",
+    "settings",
+    "description",
+    "refine",
+    "sam",
+}
 # CLI/model options that reach a method as settings keys (None = not given, method default wins).
 MODEL_KEYS = (
     "model",
@@ -47,6 +59,8 @@ class Recipe:
     background: list[str] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    refine: str | None = None  # crf, sam, crf+sam or none (autolabel.refine.settings)
+    sam: dict[str, Any] | None = None  # SAM's model, generator and matching settings
 
 
 def list_recipes() -> list[str]:
@@ -94,6 +108,8 @@ def load_recipe(name_or_path: str) -> Recipe:
         background=background,
         settings=dict(settings),
         description=str(data.get("description", "")),
+        refine=data.get("refine"),
+        sam=data.get("sam"),
     )
 
 
@@ -104,7 +120,7 @@ def save_recipe(recipe: Recipe, path: Path) -> None:
     data: dict[str, Any] = {"method": recipe.method}
     if recipe.description:
         data["description"] = recipe.description
-    for key in ("model", "pretrained", "background"):
+    for key in ("model", "pretrained", "background", "refine", "sam"):
         if getattr(recipe, key) is not None:
             data[key] = getattr(recipe, key)
     data["settings"] = recipe.settings
@@ -130,6 +146,8 @@ def resolve_method(
     parity: bool = False,
     background: list[str] | None = None,
     settings: dict[str, Any] | None = None,
+    refine: str | None = None,
+    sam_model: str | None = None,
     **models: str | None,
 ) -> ResolvedRun:
     """Merge a recipe, settings and explicit options (options win, then settings) into a method
@@ -139,7 +157,11 @@ def resolve_method(
     Without a recipe, a model that ships its own recipe for the method (the toy model) uses it.
     Every entry point (the Python API, run, tune, the Label Studio backend, the FiftyOne plugin)
     resolves here. Settings are merged, not validated: methods.base.validate_settings does that.
+    `refine` (else the recipe's) and `sam_model` (else the recipe's sam.model) are checked here;
+    the CRF part of refine becomes the method's `crf` setting.
     """
+    from autolabel.refine.settings import check_refine
+
     unknown = set(models) - set(MODEL_KEYS)
     if unknown:
         raise TypeError(f"unknown model option(s): {', '.join(sorted(unknown))}")
@@ -167,12 +189,28 @@ def resolve_method(
         settings.pop("classifier_pretrained", None)
     if parity:
         settings["parity"] = True
+    plan = check_refine(
+        refine if refine is not None else (loaded.refine if loaded else None),
+        loaded.sam if loaded else None,
+        sam_model,
+        settings.get("model"),
+    )
+    if plan.crf is not None:
+        settings["crf"] = _crf_setting(settings.get("crf"), plan.crf)
     user_background = background is not None
     if background is None and loaded is not None:
         background = loaded.background
     return ResolvedRun(
-        chosen, loaded.name if loaded else None, settings, background, user_background
+        chosen, loaded.name if loaded else None, settings, background, user_background, plan
     )
+
+
+def _crf_setting(current: Any, wanted: bool) -> Any:
+    """The method's crf setting for --refine: a recipe's CRF parameters (pnp) stay when the CRF
+    stays on."""
+    if wanted and isinstance(current, dict):
+        return current
+    return wanted
 
 
 MIN_MAX_SIDE = 32
@@ -212,13 +250,21 @@ class JobConfig:
     device: str = "auto"
     batch_size: int = 1
     max_side: int = 1024
+    refine: str | None = None  # None: the recipe's, else the method's default
+    sam_model: str | None = None
 
     def resolve(self) -> ResolvedRun:
         """Check the numeric options, then resolve the method as resolve_method does."""
         check_sizes(self.max_side, getattr(self, "min_area", 0), self.batch_size)
         models = {key: getattr(self, key) for key in MODEL_KEYS}
         return resolve_method(
-            self.method, self.recipe, parity=self.parity, background=self.background, **models
+            self.method,
+            self.recipe,
+            parity=self.parity,
+            background=self.background,
+            refine=self.refine,
+            sam_model=self.sam_model,
+            **models,
         )
 
 
@@ -275,3 +321,9 @@ class ResolvedRun:
     settings: dict[str, Any]
     background: list[str] | None
     background_user: bool = False  # written by the user (--background), not by a recipe
+    refine: RefinePlan | None = None  # the checked --refine / sam settings
+
+    @property
+    def sam(self) -> SamSettings | None:
+        """SAM's settings when the run has a SAM stage."""
+        return None if self.refine is None else self.refine.sam

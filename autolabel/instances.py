@@ -10,22 +10,28 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
+if TYPE_CHECKING:
+    from autolabel.refine.sam import SamObject
+
 
 @dataclass
 class Instance:
-    """One connected region of one class, in the upright original image's pixel grid."""
+    """One object of one class, in the upright original image's pixel grid: a matched SAM mask
+    (refine sam) or a connected region of the label map."""
 
     category_id: int  # 1..K, vocabulary order
     rle: dict  # compressed COCO RLE: {"size": [h, w], "counts": str}
     area: int
     bbox: list[float]  # [x, y, w, h]
-    score: float  # mean class probability inside the region, in [0, 1]
+    # Mean class probability inside the region, in [0, 1]; times SAM's predicted IoU for a SAM
+    # object.
+    score: float
     name: str = ""  # the class's display name, when the instance belongs to an Instances
 
     @cached_property
@@ -114,10 +120,12 @@ class Instances:
         probs: np.ndarray | None = None,
         min_area: int = 0,
         scores: np.ndarray | None = None,
+        objects: Sequence[SamObject] = (),
     ) -> Instances:
-        """Split a label map (at any working size) into connected components at `size`."""
+        """Split a label map (at any working size) into instances at `size`: one per SAM object,
+        then connected components of what no object covers."""
         out_size = tuple(labels.shape) if size is None else size
-        items = instances_from_labels(labels, probs, out_size, min_area)
+        items = instances_from_labels(labels, probs, out_size, min_area, objects)
         return cls(out_size, list(names), items, scores)
 
     @classmethod
@@ -245,12 +253,16 @@ def instances_from_labels(
     probs: np.ndarray | None,
     out_size: tuple[int, int],
     min_area: int = 0,
+    objects: Sequence[SamObject] = (),
 ) -> list[Instance]:
-    """Split a label map into per-class connected components at the output size.
+    """Split a label map into instances at the output size: each SAM object (its pixels of its
+    class), then per-class connected components of the pixels no object covers.
 
     labels: h x w ints (0 = background, k = class k), at the segmenter's working size.
     probs: (K+1) x h x w class probabilities at the same size, or None (scores are then 1).
-    out_size: (H, W) of the upright original image; components are upsampled to it by nearest
+    objects: matched SAM masks at the same size (autolabel.refine.sam); an object's score is the
+    mean class probability inside it times SAM's predicted IoU.
+    out_size: (H, W) of the upright original image; regions are upsampled to it by nearest
     neighbour, so their union is exactly the resized label map written as the semantic PNG.
     min_area is counted in output pixels.
     """
@@ -260,6 +272,18 @@ def instances_from_labels(
     src_rows = np.minimum(((np.arange(big_h) + 0.5) * h / big_h).astype(int), h - 1)
     src_cols = np.minimum(((np.arange(big_w) + 0.5) * w / big_w).astype(int), w - 1)
     instances: list[Instance] = []
+    if objects:
+        labels = labels.copy()
+    for obj in objects:
+        region = obj.mask & (labels == obj.class_id)
+        full = region[src_rows[:, None], src_cols[None, :]]
+        area = int(full.sum())
+        labels[region] = 0  # what an object holds is not split into components again
+        if area == 0 or area < min_area:
+            continue
+        prob = 1.0 if probs is None else float(probs[obj.class_id][region].mean())
+        score = min(max(prob, 0.0), 1.0) * min(max(obj.predicted_iou, 0.0), 1.0)
+        instances.append(Instance.from_mask(obj.class_id, full, score))
     # 8-connectivity: thin diagonal parts of one object stay one instance.
     structure = np.ones((3, 3), dtype=bool)
     for cls in np.unique(labels):

@@ -1,6 +1,8 @@
 """Pixels to instances: fit to the working size, segment, crop back, split into instances.
 
-Each image's review priority (autolabel.review) is computed here, once, and travels on
+With a SAM stage (--refine sam / crf+sam), each image's result goes through
+autolabel.refine.sam before it becomes instances; the matched SAM masks become instances of their
+own. Each image's review priority (autolabel.review) is computed here, once, and travels on
 `Instances.priority`.
 
 The one path from decoded images to `Instances`, shared by `Labeler.label`, runs, the Label
@@ -11,6 +13,7 @@ bad image never ends a batch.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +24,9 @@ from autolabel.io.resize import fit_max_side
 from autolabel.methods.base import Segmenter, SegResult
 from autolabel.review import priority as review_priority
 from autolabel.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    from autolabel.refine.sam import SamRefiner
 
 # Images longer than this ratio are padded before segmentation: methods scale the short side to
 # a fixed size, so a 1000:1 strip would otherwise cost (and allocate) like 1000 square images.
@@ -35,17 +41,27 @@ def label_loaded(
     vocab: Vocabulary,
     max_side: int,
     min_area: int,
+    refiner: SamRefiner | None = None,
 ) -> dict[str, Instances | ImageError]:
-    """Segment decoded images and split each label map into instances, keyed by entry.rel."""
+    """Segment decoded images, refine them with SAM if given, and split each label map into
+    instances, keyed by entry.rel."""
     labelled: dict[str, Instances | ImageError] = {}
-    sizes = {im.entry.rel: im.size for im in images}
+    by_rel = {im.entry.rel: im for im in images}
     for rel, outcome in segment_loaded(segmenter, images, vocab, max_side).items():
         if isinstance(outcome, ImageError):
             labelled[rel] = outcome
             continue
         try:
+            if refiner is not None:
+                outcome = refiner(fit_max_side(by_rel[rel].rgb, max_side), outcome)
             instances = Instances.from_label_map(
-                outcome.labels, vocab.names, sizes[rel], outcome.probs, min_area, outcome.scores
+                outcome.labels,
+                vocab.names,
+                by_rel[rel].size,
+                outcome.probs,
+                min_area,
+                outcome.scores,
+                outcome.extras.get("objects", ()),
             )
             instances.priority = review_priority(outcome, instances)
             labelled[rel] = instances

@@ -30,14 +30,14 @@ showed no relation to the error on the toy world (Spearman -0.03 on 60 scenes) a
 combined ranking's correlation from 0.90 to 0.75; presence-score gaps and counts of tiny
 regions were weaker than the signals above.
 
-Measured on toy scenes of seeds never used elsewhere (the design was chosen on 5150, checked on
-6161 and 7373; numbers in tests/test_review.py): Spearman correlation with the image's error
-(1 - mIoU over the classes present in ground truth or prediction, background included) 0.75 to
-0.76 for fast and 0.70 to 0.88 for car; reviewing the top 20% finds 4 to 5 times (fast) and 2.6
-to 3.3 times (car) the share of wrongly labelled images (mIoU < 0.8) that a random 20% finds
-(100 scenes per seed; on car's hardest 40-scene slice 2.5 times, 1.8 without the smallest-class
-signal). What it cannot see: an image the method is confidently wrong about, such as a large
-class CaR's recurrence dropped without a trace.
+Measured on toy scenes (with same-class twins) of seeds never used elsewhere (the design was
+chosen on 5150, checked on 6161 and 7373; numbers in tests/test_review.py): Spearman correlation
+with the image's error (1 - mIoU over the classes present in ground truth or prediction,
+background included) 0.77 to 0.82 for fast and 0.72 to 0.86 for car; reviewing the top 20% finds
+3.5 to 5 times (fast) and 2.6 to 2.7 times (car) the share of wrongly labelled images (mIoU < 0.8)
+that a random 20% finds (100 scenes per seed; on car's hardest 40-scene slice 2.5 times, 1.8
+without the smallest-class signal). What it cannot see: an image the method is confidently wrong
+about, such as a large class CaR's recurrence dropped without a trace.
 """
 
 from __future__ import annotations

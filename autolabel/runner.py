@@ -142,6 +142,8 @@ def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = N
             "method": labeler.method,
             "recipe": labeler.recipe,
             "settings": labeler.settings,
+            # --refine and SAM's settings, when given (Labeler.describe)
+            **{key: described[key] for key in ("refine", "sam") if key in described},
             "vocabulary": vocab.to_dict(),
             "models": models,
             "versions": package_versions(),

@@ -8,6 +8,10 @@ argmax; unchanged or NACLIP last block; no CRF), the floor that the methods buil
 
     python benchmarks/toyworld.py                 # 40 scenes of seed 777, all rows
     python benchmarks/toyworld.py --n 100 --methods fast car --json
+    python benchmarks/toyworld.py --seed 4243 --methods fast car --refine crf crf+sam
+
+With --refine, each method runs once per refinement and the rows add COCO mask AP against the
+scenes' instances.json and the touching same-class pairs split into two instances.
 """
 
 from __future__ import annotations
@@ -33,24 +37,33 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, help="keep scenes and runs here")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--refine", nargs="+", help="--refine values to compare (not for raw)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         scenes = make_scenes(work / "scenes", args.n, args.seed)
-        results = {m: score(m, scenes, work / m, args.device) for m in args.methods}
+        runs = [(m, r) for m in args.methods for r in (args.refine or [None])]
+        results = {
+            f"{m} {r}" if r else m: score(m, scenes, work / f"{m}-{r}", args.device, refine=r)
+            for m, r in runs
+        }
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(f"{args.n} toy scenes, seed {args.seed}, device {args.device}")
-    header = f"{'method':<11} {'mIoU':>6} {'pixacc':>6} {'pres P':>6} {'pres R':>6} {'pres F1':>7}"
-    print(header + f" {'s/img':>7}")
+    header = f"{'method':<13} {'mIoU':>6} {'pixacc':>6} {'pres P':>6} {'pres R':>6} {'pres F1':>7}"
+    print(header + f" {'s/img':>7}" + (f" {'mask AP':>7} {'split':>7}" if args.refine else ""))
     for method, r in results.items():
         p = r["presence"]
-        print(
-            f"{method:<11} {r['miou']:6.3f} {r['pixel_accuracy']:6.3f} {p['precision']:6.3f} "
+        line = (
+            f"{method:<13} {r['miou']:6.3f} {r['pixel_accuracy']:6.3f} {p['precision']:6.3f} "
             f"{p['recall']:6.3f} {p['f1']:7.3f} {r['seconds_per_image']:7.3f}"
         )
+        if "instances" in r:
+            split = f"{r['split']['split']}/{r['split']['pairs']}"
+            line += f" {r['instances']['ap']:7.3f} {split:>7}"
+        print(line)
     return 0
 
 

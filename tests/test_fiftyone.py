@@ -264,3 +264,32 @@ def test_segment_samples_with_a_labeler_keeps_going_past_a_broken_image(
     assert (config.method, config.min_area) == ("fast", 0)
     assert config.models == labeler.describe()["models"] != {}
     assert config.vocabulary == labeler.vocabulary.to_dict()
+
+
+def test_each_sam_instance_is_one_detection(
+    fo: ModuleType, tmp_path: Path, dataset_name: str
+) -> None:
+    from autolabel.api import Labeler
+    from autolabel.sinks.fiftyone import segment_samples
+    from autolabel.toyworld.export import write_dataset
+
+    scenes = tmp_path / "scenes"
+    write_dataset(scenes, 4, 4243, 128)  # a seed no toy model was trained on
+    files = sorted(str(p) for p in (scenes / "images").glob("*.png"))
+    labeler = Labeler(
+        scenes / "vocab.txt", model="toy", method="fast", refine="crf+sam", device="cpu"
+    )
+    dataset = fo.Dataset(dataset_name)
+    dataset.add_samples([fo.Sample(filepath=f) for f in files])
+    list(segment_samples(dataset, labeler, "auto", batch_size=2))
+    total = 0
+    for path in files:
+        expected = labeler.label(path)
+        detections = dataset.match({"filepath": path}).first().auto_instances.detections
+        assert sorted(d.label for d in detections) == sorted(i.name for i in expected)
+        assert sorted(round(d.confidence, 6) for d in detections) == sorted(
+            round(i.score, 6) for i in expected
+        )
+        total += len(detections)
+    assert total > 0
+    assert labeler.describe()["models"]["sam_class"] == "SamModel"

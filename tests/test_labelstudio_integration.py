@@ -379,3 +379,35 @@ def test_interactive_click_through_label_studio_is_stored_back(
         ((stored_label, stored_mask),) = [region_mask(r) for r in result]
         assert stored_label == label
         assert np.array_equal(stored_mask, instance)
+
+
+def test_each_sam_instance_arrives_as_one_region(
+    label_studio: LabelStudioServer, tmp_path: Path
+) -> None:
+    from autolabel.toyworld.export import write_dataset
+
+    ls, client = label_studio, _client(label_studio)
+    scenes = tmp_path / "scenes"
+    count = 4  # toy scenes of a seed no toy model was trained on
+    write_dataset(scenes, count, 4243, 128)
+    out = tmp_path / "run"
+    labeler = Labeler(
+        scenes / "vocab.txt", model="toy", method="fast", refine="crf+sam", device="cpu"
+    )
+    labeler.label_folder(scenes / "images", out)
+    title = f"sam {tmp_path.name}"
+    code = main([
+        "push", "labelstudio", str(out), "--url", ls.url, "--api-key", ls.api_key,
+        "--title", title, "--document-root", str(ls.document_root),
+    ])  # fmt: skip
+    assert code == 0
+    expected = _expected(out)
+    names = read_run(out).vocabulary.names
+    tasks = _tasks(client, _project_id(client, title))
+    assert len(tasks) == count
+    for task in tasks:
+        _, annotations = expected[_file(task)]
+        (prediction,) = task["predictions"]
+        _assert_regions_equal(prediction["result"], annotations, names)
+    assert sum(len(anns) for _, anns in expected.values()) > 0
+    assert json.loads((out / "run.json").read_text())["models"]["sam_class"] == "SamModel"

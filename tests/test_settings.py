@@ -55,7 +55,7 @@ def test_fast_refuses_what_it_used_to_accept() -> None:
     refused("fast", {"templates": []}, "settings.templates: must not be empty")
     refused("fast", {"short_side": "336"}, "settings.short_side: expected a whole number")
     message = refused("fast", {"windw": 224}, "settings.windw: unknown setting")
-    assert "known settings: checkpoint, logit_scale, model" in message
+    assert "known settings: checkpoint, crf, logit_scale, model" in message
 
 
 def test_car_and_pnp_errors_name_the_setting() -> None:

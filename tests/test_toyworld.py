@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from autolabel.cli import main
+from autolabel.instances import Instance
 from autolabel.toyworld.export import vocab_text, write_dataset
 from autolabel.toyworld.scenes import (
     BACKGROUND_WORDS,
@@ -45,13 +46,49 @@ def test_scene_contents_follow_the_spec() -> None:
         scene = make_scene(11, i, size=96)
         assert scene.image.shape == (96, 96, 3) and scene.image.dtype == np.uint8
         assert scene.labels.shape == (96, 96)
-        assert 1 <= len(scene.objects) <= 4
+        assert 1 <= len(scene.objects) <= 5  # up to 4 classes, one of them maybe twice
+        assert len(scene.masks) == len(scene.objects)
         # Every object listed is visible and every labelled class is a listed object.
         assert sorted({o.class_id for o in scene.objects}) == scene.present
         for obj in scene.objects:
             assert obj.name in scene.captions[0]
         counts.append(len(scene.objects))
     assert min(counts) == 1 and max(counts) >= 3
+
+
+def test_about_half_the_scenes_hold_touching_twins_of_one_class() -> None:
+    from scipy import ndimage
+
+    twins = 0
+    for i in range(60):
+        scene = make_scene(12, i, size=128)
+        ids = [o.class_id for o in scene.objects]
+        # Instances tile their class: the union of a class's instances is its label region.
+        for k in set(ids):
+            union = np.any(
+                [m for o, m in zip(scene.objects, scene.masks, strict=True) if o.class_id == k], 0
+            )
+            assert np.array_equal(union, scene.labels == k)
+        repeated = [k for k in set(ids) if ids.count(k) == 2]
+        for k in repeated:
+            a, b = (m for o, m in zip(scene.objects, scene.masks, strict=True) if o.class_id == k)
+            assert not (a & b).any()
+            # They touch (within 2 px): one connected region or nearly so.
+            assert (ndimage.binary_dilation(a, iterations=3) & b).any()
+        twins += bool(repeated)
+    assert 20 <= twins <= 40
+
+
+def test_twins_leave_the_other_objects_of_a_scene_as_they_were(monkeypatch) -> None:
+    from autolabel.toyworld import scenes
+
+    with_twin = make_scene(12, 1)  # [4, 10, 4]: a twin of class 4, painted last
+    monkeypatch.setattr(scenes, "TWIN_PROB", 0.0)
+    without = make_scene(12, 1)
+    assert with_twin.objects[:-1] == without.objects
+    assert with_twin.objects[-1].class_id == 4
+    outside = ~with_twin.masks[-1]
+    assert np.array_equal(with_twin.image[outside], without.image[outside])
 
 
 def test_label_map_marks_exactly_the_painted_shape() -> None:
@@ -124,6 +161,17 @@ def test_generate_command_writes_images_masks_and_vocab(tmp_path: Path) -> None:
         scene = make_scene(9, i, 64)
         assert np.array_equal(np.asarray(Image.open(out / "images" / name)), scene.image)
         assert np.array_equal(np.asarray(Image.open(out / "masks" / name)), scene.labels)
+    # Instance ground truth: COCO RLE, one annotation per visible object, vocab.txt's ids.
+    from autolabel.io.coco import read_coco
+
+    coco = read_coco(out / "instances.json")
+    assert coco.names == list(CLASSES)
+    for i, image in enumerate(coco.images):
+        scene = make_scene(9, i, 64)
+        anns = coco.annotations[image["id"]]
+        assert [a["category_id"] for a in anns] == [o.class_id for o in scene.objects]
+        for ann, mask in zip(anns, scene.masks, strict=True):
+            assert np.array_equal(Instance.from_dict(ann).mask, mask)
     # Refuses to mix with an earlier dataset unless asked to.
     assert main(["toyworld", "generate", str(out), "--n", "2"]) == 2
     assert main(["toyworld", "generate", str(out), "--n", "2", "--overwrite"]) == 0

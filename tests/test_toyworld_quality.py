@@ -24,12 +24,14 @@ SCENES = 24
 # Measured on these 24 scenes (CPU, torch 2.15, the shipped toy.pt, bundled toy recipes), and
 # the floors pinned a little below them. The issue's targets: car mIoU >= 0.6 and presence
 # F1 >= 0.9, fast mIoU >= 0.5; both floors sit at or above them. car does not beat fast on
-# presence here (the README's toy-world section says why).
+# presence here (the README's toy-world section says why). Re-measured when scenes gained
+# touching same-class twins (issue 13; before: raw 0.840 / 1.000, raw-naclip 0.864 / 1.000,
+# fast 0.861 / 1.000, car 0.830 / 0.952).
 MEASURED = {
-    "raw": {"miou": 0.840, "f1": 1.000},
-    "raw-naclip": {"miou": 0.864, "f1": 1.000},
-    "fast": {"miou": 0.861, "f1": 1.000},
-    "car": {"miou": 0.830, "f1": 0.952},
+    "raw": {"miou": 0.839, "f1": 0.985},
+    "raw-naclip": {"miou": 0.857, "f1": 0.992},
+    "fast": {"miou": 0.855, "f1": 0.985},
+    "car": {"miou": 0.838, "f1": 0.961},
 }
 FLOORS = {
     "raw": {"miou": 0.80, "f1": 0.95},
@@ -78,3 +80,40 @@ def test_method_quality_on_unseen_scenes(method: str, scenes: Path, tmp_path: Pa
     floor = FLOORS[method]
     assert result["miou"] >= floor["miou"], (method, result["miou"])
     assert result["presence"]["f1"] >= floor["f1"], (method, result["presence"])
+
+
+# CaR + SAM with the toy SAM (issue 13), on scenes of a seed no toy model was trained on. The
+# toy SAM (32 min of CPU training) is too weak for SAM to help here: the issue's targets (mask AP
+# +0.10 over the CRF's connected components, mIoU within 0.01, 80 % of touching pairs split)
+# are NOT met; see the README. These floors pin what the pipeline gives today, so that a change
+# that breaks the SAM stage's plumbing (loading, generation, matching, instances) fails.
+SAM_SEED = 4243
+SAM_SCENES = 8
+# Share of ground-truth objects with a toy-SAM automatic mask at IoU >= 0.7 (toy recipes'
+# generator settings), measured on these 8 scenes: 11 of 21.
+SAM_RECALL = {"measured": 11 / 21, "floor": 0.45}
+
+
+@pytest.fixture(scope="module")
+def sam_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_scenes(tmp_path_factory.mktemp("toy-sam") / "scenes", SAM_SCENES, SAM_SEED)
+
+
+def test_toy_sam_masks_find_the_objects(sam_scenes: Path) -> None:
+    from autolabel.config import load_recipe
+    from autolabel.models.sam import load_sam
+    from autolabel.refine.sam import automatic_masks
+    from autolabel.refine.settings import SamSettings
+
+    sam = load_sam("toy", "cpu")
+    assert sam.kind == "sam" and type(sam.model).__name__ == "SamModel"
+    settings = SamSettings(**load_recipe("toy-fast").sam)
+    found = total = 0
+    for index in range(SAM_SCENES):
+        scene = make_scene(SAM_SEED, index)
+        masks, _ = automatic_masks(sam, scene.image, settings)
+        for truth in scene.masks:
+            ious = [(m & truth).sum() / (m | truth).sum() for m in masks]
+            found += max(ious, default=0.0) >= 0.7
+            total += 1
+    assert found / total >= SAM_RECALL["floor"], (found, total)

@@ -68,6 +68,8 @@ def run(
         bool, typer.Option("--parity", help="CaR: reproduce the official code's quirks exactly.")
     ] = False,
     max_side: opt.MaxSide = 1024,
+    refine: opt.Refine = None,
+    sam_model: opt.SamModel = None,
     min_area: Annotated[
         int, typer.Option("--min-area", help="Drop instances smaller than this (px).")
     ] = 16,

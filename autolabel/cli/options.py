@@ -91,6 +91,23 @@ Device = Annotated[
     typer.Option("--device", parser=parse_device, metavar=DEVICES, help="Where to run the models."),
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")]
+RefineName = Literal["crf", "sam", "crf+sam", "none"]  # autolabel.refine.settings.REFINE_CHOICES
+Refine = Annotated[
+    RefineName | None,
+    typer.Option(
+        "--refine",
+        help="After the method: its dense CRF, CaR + SAM's mask matching, both (the paper's "
+        "CaR + SAM), or none (default: the recipe's).",
+    ),
+]
+SamModel = Annotated[
+    str | None,
+    typer.Option(
+        "--sam-model",
+        help="SAM for --refine sam: HF id or save_pretrained folder (SAM, HQ-SAM, SAM 2), "
+        "or 'toy'.",
+    ),
+]
 MAX_SIDE_HELP = "Longest image side, in pixels, to process at (larger images shrink)."
 MaxSide = Annotated[int, typer.Option("--max-side", help=MAX_SIDE_HELP)]
 

@@ -1,4 +1,4 @@
-"""`autolabel toyworld generate|train` and `autolabel demo`."""
+"""`autolabel toyworld generate|train|train-sam` and `autolabel demo`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ DEMO_SEED = 2024  # never used in training (training uses seed 0)
 
 @toyworld_app.command()
 def generate(
-    out: Path = typer.Argument(..., help="Output folder: images/, masks/ and vocab.txt."),
+    out: Path = typer.Argument(
+        ..., help="Output folder: images/, masks/, instances.json and vocab.txt."
+    ),
     n: int = typer.Option(20, "--n", help="Number of scenes."),
     seed: int = typer.Option(1, "--seed", help="Scene stream; the toy model was trained on 0."),
     size: int = typer.Option(DEFAULT_SIZE, "--size", help="Side of each square scene in pixels."),
@@ -29,8 +31,8 @@ def generate(
 
     count = write_dataset(out, n, seed, size, overwrite)
     console.print(
-        f"wrote {count} scenes to {out / 'images'}/, their label maps to {out / 'masks'}/ "
-        f"and the classes to {out / 'vocab.txt'}",
+        f"wrote {count} scenes to {out / 'images'}/, their label maps to {out / 'masks'}/, "
+        f"their instances to {out / 'instances.json'} and the classes to {out / 'vocab.txt'}",
         highlight=False,
     )
 
@@ -56,6 +58,31 @@ def train(
     run_training(settings, out, log=lambda line: console.print(line, highlight=False))
     console.print(
         f"use it with: autolabel run IMAGES --vocab V --model toy --checkpoint {out / 'toy.pt'}",
+        highlight=False,
+    )
+
+
+@toyworld_app.command("train-sam")
+def train_sam(
+    out: Path = typer.Argument(..., help="Folder for the model (save_pretrained) and processor."),
+    seed: int = typer.Option(0, "--seed", help="Seed for scenes, initialisation and prompts."),
+    steps: int = typer.Option(None, "--steps", help="Optimiser steps (default: as shipped)."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for torch."),
+) -> None:
+    """Train the toy SAM from scratch, as the bundled one was trained."""
+    from autolabel.errors import UsageError
+    from autolabel.toyworld.train_sam import SamTrainSettings
+    from autolabel.toyworld.train_sam import train_sam as run_training
+
+    settings = SamTrainSettings(seed=seed, threads=threads)
+    if steps is not None:
+        if steps < 1:
+            raise UsageError("--steps must be at least 1")
+        settings.steps = steps
+    run_training(settings, out, log=lambda line: console.print(line, highlight=False))
+    console.print(
+        f"use it with: autolabel run IMAGES --vocab V --model toy --refine crf+sam "
+        f"--sam-model {out}",
         highlight=False,
     )
 

@@ -400,10 +400,15 @@ class CaRSegmenter:
         return [self._finish(images[i], rec, run) for i, rec in enumerate(recs)]
 
     def _finish(self, image: np.ndarray, rec: Recurrence, run: Pass) -> PassOutput:
-        """Dense CRF over [background, last proposals]; labels and scores of the survivors."""
+        """Dense CRF over [background, last proposals] (unless crf is off); labels and scores of
+        the survivors."""
         proposals = rec.proposals
         bg = np.power(1 - proposals.max(axis=0, keepdims=True), run.bg_factor)
-        marginals = dense_crf(self._crf_image(image), np.concatenate([bg, proposals]), CRFParams())
+        channels = np.concatenate([bg, proposals])
+        if self.settings.crf:
+            marginals = dense_crf(self._crf_image(image), channels, CRFParams())
+        else:  # the CRF's input, normalised per pixel: the same argmax without the pairwise terms
+            marginals = channels / np.maximum(channels.sum(axis=0, keepdims=True), 1e-8)
         winner = marginals.argmax(axis=0)
         pairs = len(rec.live)
         if self.settings.parity:

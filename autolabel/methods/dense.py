@@ -24,6 +24,7 @@ from autolabel.methods.base import SegResult
 from autolabel.methods.settings import DenseSettings
 from autolabel.models.clip import ClipModel, load_clip
 from autolabel.models.vit import last_block_input, naclip_patches
+from autolabel.refine.crf import CRFParams, dense_crf
 from autolabel.vocab import Vocabulary
 
 
@@ -78,7 +79,7 @@ class DenseCLIPSegmenter:
                 logits[index][:, y0:y1, x0:x1] += window_logits[:, : y1 - y0, : x1 - x0]
                 counts[index][y0:y1, x0:x1] += 1
         return [
-            self._result(lg / ct, owners, len(vocab), im.shape[:2])
+            self._result(lg / ct, owners, len(vocab), im)
             for lg, ct, im in zip(logits, counts, images, strict=True)
         ]
 
@@ -105,7 +106,7 @@ class DenseCLIPSegmenter:
         return F.interpolate(sims, size=crops.shape[-2:], mode="bilinear", align_corners=False)
 
     def _result(
-        self, logits: torch.Tensor, owners: list[int], classes: int, size: tuple[int, int]
+        self, logits: torch.Tensor, owners: list[int], classes: int, image: np.ndarray
     ) -> SegResult:
         probs_all = (self.settings.logit_scale * logits).softmax(dim=0)
         owner = torch.tensor(owners, device=probs_all.device)
@@ -118,7 +119,11 @@ class DenseCLIPSegmenter:
                 for k in range(classes + 1)
             ]
         )
+        size = image.shape[:2]
         probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+        if self.settings.crf:
+            marginals = dense_crf(image, probs.cpu().numpy(), CRFParams())
+            probs = torch.from_numpy(marginals).to(probs.device)
         labels = probs.argmax(dim=0)
         if self.settings.prob_threshold > 0:
             labels[probs[1:].amax(dim=0) < self.settings.prob_threshold] = 0

@@ -151,7 +151,7 @@ def _reason(error: Mapping[str, Any]) -> str:
     return f"{error['msg']} (got {got!r})"
 
 
-def _lines(exc: ValidationError) -> list[str]:
+def error_lines(exc: ValidationError) -> list[str]:
     """'settings.key: reason' (or the reason alone, for the whole mapping) per error."""
     out = []
     for error in exc.errors(include_url=False):
@@ -162,7 +162,7 @@ def _lines(exc: ValidationError) -> list[str]:
 
 def settings_error(method: str, exc: ValidationError, known: Iterable[str] = ()) -> UsageError:
     """One UsageError for all of a method's bad settings, one line per setting."""
-    lines = [f"method {method}: {line}" for line in _lines(exc)]
+    lines = [f"method {method}: {line}" for line in error_lines(exc)]
     if known and any(e["type"] == "extra_forbidden" for e in exc.errors()):
         lines.append(f"method {method}: known settings: {', '.join(sorted(known))}")
     return UsageError("\n".join(lines))
@@ -233,6 +233,9 @@ class DenseSettings(MethodSettings):
     stride: int | None = Field(None, ge=1)  # None = half the window
     prob_threshold: Fraction = 0.0  # pixels whose best class probability is below go to background
     window_batch: int = Field(16, ge=1)  # crops per forward pass
+    # Dense CRF (CLIP-ES kernels, as car's) on the class probabilities; NACLIP has none
+    # (--refine crf turns it on).
+    crf: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -281,6 +284,7 @@ class CaRSettings(MethodSettings):
     # one from step 2 on (the official code's quirk, kept: on the toy world the consistent
     # variants were neither better nor worse); "template"/"raw" = the same string every step.
     cam_text: CamText = "official"
+    crf: bool = True  # the dense CRF over the last proposals (paper §3.3); --refine none/sam: off
     crf_image: CrfImage = "rgb"  # "official": the wrapped mean-subtracted BGR image (parity quirk)
     bg_factor: float = Field(1.0, ge=0)  # background unary = (1 - max proposal) ** bg_factor
     # Pascal-Context-style two passes: these classes are segmented in a second pass whose
@@ -367,7 +371,7 @@ def _crf_value(value: Any) -> Any:
     try:
         checked = _CrfMapping.model_validate({**asdict(PNP_CRF), **value})
     except ValidationError as exc:
-        reasons = "; ".join(line.replace("settings.", "", 1) for line in _lines(exc))
+        reasons = "; ".join(line.replace("settings.", "", 1) for line in error_lines(exc))
         raise ValueError(reasons) from None
     return CRFParams(**checked.model_dump())
 

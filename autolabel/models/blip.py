@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +18,9 @@ from autolabel.errors import ModelLoadError
 from autolabel.models.clip import (
     OPENAI_MEAN,
     OPENAI_STD,
+    hub_fix,
     hub_offline_if_unreachable,
+    hub_source,
     offline_message,
     resolve_device,
 )
@@ -137,32 +138,6 @@ def _cross_layers(model: torch.nn.Module, kind: str) -> torch.nn.ModuleList:
     return model.bridgetower.cross_modal_text_layers
 
 
-def _resolve_source(model: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, whether it is a local folder)."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"--model {model}: no config.json there; pass a folder written by "
-                "save_pretrained (model and processor) or a Hugging Face model id"
-            )
-        return str(path.resolve()), True
-    # A hub id is "name" or "owner/name"; anything else that does not exist is a missing folder.
-    if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:
-        raise ModelLoadError(f"--model {model}: no such folder")
-    return model, False
-
-
-def _hub_fix(model: str) -> str:
-    return (
-        "on a connected machine run\n"
-        '  python -c "from transformers import AutoModel, AutoProcessor; '
-        f"m='{model}'; AutoModel.from_pretrained(m).save_pretrained('DIR'); "
-        "AutoProcessor.from_pretrained(m).save_pretrained('DIR')\"\n"
-        "then copy DIR here and pass --model DIR, or copy that cache folder here."
-    )
-
-
 @functools.lru_cache(maxsize=2)
 def load_itm(model: str = DEFAULT_BLIP, device: str = "cpu") -> ItmModel:
     """Load a BLIP or BridgeTower ITM model (hub id or save_pretrained folder) once per process."""
@@ -173,7 +148,7 @@ def load_itm(model: str = DEFAULT_BLIP, device: str = "cpu") -> ItmModel:
             "method pnp needs the transformers package: pip install 'autolabel[pnp]'"
         ) from exc
     dev = resolve_device(device)
-    source, local = _resolve_source(model)
+    source, local = hub_source(model, "--model")
     # Cache only when the hub's host does not resolve: no minute of retries before the message.
     with hub_offline_if_unreachable():
         try:
@@ -197,7 +172,9 @@ def load_itm(model: str = DEFAULT_BLIP, device: str = "cpu") -> ItmModel:
             if local:
                 raise ModelLoadError(f"--model {model}: cannot load it ({exc})") from exc
             raise ModelLoadError(
-                offline_message(f"model {model!r} (Hugging Face hub)", exc, _hub_fix(model), "id")
+                offline_message(
+                    f"model {model!r} (Hugging Face hub)", exc, hub_fix(model, "--model"), "id"
+                )
             ) from exc
     missing_head = [k for k in info.get("missing_keys", ()) if k.startswith("itm")]
     if missing_head:

@@ -217,6 +217,34 @@ def offline_message(subject: str, exc: BaseException, fix: str, unknown: str = "
     )
 
 
+def hub_source(model: str, option: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local folder) for a transformers model
+    named by `option`: a hub id or a save_pretrained folder."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{option} {model}: no config.json there; pass a folder written by "
+                "save_pretrained (model and processor) or a Hugging Face model id"
+            )
+        return str(path.resolve()), True
+    # A hub id is "name" or "owner/name"; anything else that does not exist is a missing folder.
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:
+        raise ModelLoadError(f"{option} {model}: no such folder")
+    return model, False
+
+
+def hub_fix(model: str, option: str) -> str:
+    """How to get a hub model onto an offline machine and pass it with `option`."""
+    return (
+        "on a connected machine run\n"
+        '  python -c "from transformers import AutoModel, AutoProcessor; '
+        f"m='{model}'; AutoModel.from_pretrained(m).save_pretrained('DIR'); "
+        "AutoProcessor.from_pretrained(m).save_pretrained('DIR')\"\n"
+        f"then copy DIR here and pass {option} DIR, or copy that cache folder here."
+    )
+
+
 def _register_config(path: Path) -> str:
     """Register a custom open_clip model config file; its stem becomes the model name."""
     import open_clip

@@ -1,4 +1,5 @@
-"""Write toy scenes as a dataset folder: images/, masks/ (class-id PNGs) and vocab.txt."""
+"""Write toy scenes as a dataset folder: images/, masks/ (class-id PNGs), instances.json (COCO
+instance ground truth, RLE, category ids as the lines of vocab.txt) and vocab.txt."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 from PIL import Image
 
 from autolabel.errors import UsageError
+from autolabel.instances import Instance
 from autolabel.io.atomic import atomic_write_bytes, atomic_write_text
+from autolabel.io.coco import write_coco
 from autolabel.io.png import write_label_png
 from autolabel.toyworld.scenes import BACKGROUND_WORDS, CLASSES, make_scene
 from autolabel.vocab import BACKGROUND_DIRECTIVE
@@ -32,6 +35,7 @@ def write_dataset(out: Path, count: int, seed: int, size: int, overwrite: bool =
         if folder.is_dir() and any(folder.iterdir()) and not overwrite:
             raise UsageError(f"{folder} is not empty; choose another folder or pass --overwrite")
     width = max(5, len(str(count - 1)))
+    records = []
     for index in range(count):
         scene = make_scene(seed, index, size)
         name = f"{index:0{width}d}.png"
@@ -39,5 +43,11 @@ def write_dataset(out: Path, count: int, seed: int, size: int, overwrite: bool =
         Image.fromarray(scene.image).save(buffer, format="PNG")
         atomic_write_bytes(out / "images" / name, buffer.getvalue())
         write_label_png(out / "masks" / name, scene.labels)
+        instances = [
+            Instance.from_mask(obj.class_id, mask).to_dict()
+            for obj, mask in zip(scene.objects, scene.masks, strict=True)
+        ]
+        records.append({"file": name, "width": size, "height": size, "instances": instances})
+    write_coco(out / "instances.json", list(CLASSES), lambda: iter(records), {"seed": seed})
     atomic_write_text(out / "vocab.txt", vocab_text())
     return count

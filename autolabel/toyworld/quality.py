@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from autolabel.evaluate import SegmentationScores, evaluate_run
+from autolabel.evaluate import SegmentationScores, evaluate_instances, evaluate_run
 from autolabel.instances import instances_from_labels, semantic_from_instances
 from autolabel.toyworld.export import write_dataset
 from autolabel.toyworld.scenes import DEFAULT_SIZE
@@ -36,11 +36,19 @@ def make_scenes(folder: Path, count: int, seed: int) -> Path:
 
 
 def score(
-    method: str, scenes: Path, out: Path, device: str = "cpu", recipe: str | None = None
+    method: str,
+    scenes: Path,
+    out: Path,
+    device: str = "cpu",
+    recipe: str | None = None,
+    refine: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of one method (or raw read-out) on a scenes folder, plus seconds per image.
 
     recipe: another recipe for the method (a name or a YAML path); default its toy recipe.
+    refine: --refine for the run (default: the recipe's). With it, the instances are scored
+    too: COCO mask AP against the scenes' instances.json ("instances") and the share of
+    touching same-class pairs that come out as two instances ("split").
     """
     if method in RAW:
         return _score_raw(RAW[method], scenes, device)
@@ -57,6 +65,7 @@ def score(
         min_area=MIN_AREA,
         overwrite=True,
         resume=False,
+        refine=refine,
     )
     summary = run_job(config)
     if summary.failed:
@@ -64,7 +73,52 @@ def score(
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     seconds = [r["seconds"] for r in rows if r.get("status") == "ok"]
     metrics = evaluate_run(out, scenes / "masks", ignore_index=None).metrics
+    if refine is not None:
+        metrics["instances"] = evaluate_instances(out, scenes / "instances.json").metrics
+        metrics["split"] = touching_pairs_split(out, scenes)
     return {**metrics, "seconds_per_image": float(np.mean(seconds))}
+
+
+def touching_pairs_split(run_dir: Path, scenes: Path, min_iou: float = 0.5) -> dict[str, Any]:
+    """How many ground-truth pairs of touching objects of one class a run labelled as two
+    instances: each object's best instance of its class (by IoU) is another one, both with IoU
+    >= min_iou. Pairs are objects whose masks touch (8-connectivity)."""
+    from scipy import ndimage
+
+    from autolabel.instances import Instance
+    from autolabel.io.coco import read_coco
+    from autolabel.io.run_folder import read_run
+
+    run = {image.file_name: image.instances for image in read_run(run_dir).images}
+    gt = read_coco(scenes / "instances.json")
+    pairs = split = 0
+    for image in gt.images:
+        objects = [Instance.from_dict(a) for a in gt.annotations[image["id"]]]
+        predicted = run.get(image["file_name"])
+        for i, a in enumerate(objects):
+            grown = ndimage.binary_dilation(a.mask, np.ones((3, 3), bool))
+            for b in objects[i + 1 :]:
+                if b.category_id != a.category_id or not (grown & b.mask).any():
+                    continue
+                pairs += 1
+                if predicted is None:
+                    continue
+                mine = [p for p in predicted if p.category_id == a.category_id]
+                best = [_best_match(obj.mask, mine) for obj in (a, b)]
+                if all(iou >= min_iou for _, iou in best) and best[0][0] != best[1][0]:
+                    split += 1
+    return {"pairs": pairs, "split": split, "fraction": split / pairs if pairs else None}
+
+
+def _best_match(mask: np.ndarray, candidates: list) -> tuple[int, float]:
+    """(index, IoU) of the candidate instance that overlaps a mask best; (-1, 0) if none."""
+    best = (-1, 0.0)
+    for index, inst in enumerate(candidates):
+        union = (mask | inst.mask).sum()
+        iou = float((mask & inst.mask).sum() / union) if union else 0.0
+        if iou > best[1]:
+            best = (index, iou)
+    return best
 
 
 @torch.no_grad()

@@ -1,0 +1,236 @@
+"""Train the toy SAM from scratch on toy scenes (deterministic for a seed and thread count).
+
+A transformers `SamModel` with a small config (toy_sam_config) learns, as SAM was trained, to
+answer a prompt with the mask of the object under it:
+- point prompts (one positive point inside an object, or on the background, whose "object" is
+  then the whole background region), with SAM's three candidate masks and the loss of the best
+  one only (SAM's ambiguity-aware loss);
+- box prompts (the object's box, jittered), with a single mask;
+- losses: focal (x20) + dice on the masks, as in SAM, and the squared error of the predicted IoU
+  against the IoU the predicted mask really has (what the automatic generator filters on).
+The targets are each object's visible pixels (Scene.masks), so two touching objects of one class
+are two targets.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autolabel.io.atomic import atomic_write_json
+from autolabel.toyworld import DEFAULT_SIZE
+from autolabel.toyworld.scenes import make_scene
+
+PATCH = 8  # 16 x 16 image embedding for a 128 px scene
+BACKGROUND_PROMPT = 0.15  # share of point prompts put on the background
+
+
+def toy_sam_config() -> object:
+    """The toy SAM's architecture: SAM's, narrowed (64 channels, 4 ViT blocks, 128 px input)."""
+    from transformers import (
+        SamConfig,
+        SamMaskDecoderConfig,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    width = 64
+    vision = SamVisionConfig(
+        hidden_size=96,
+        output_channels=width,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=DEFAULT_SIZE,
+        patch_size=PATCH,
+        window_size=0,  # global attention everywhere: 256 tokens are cheap
+        global_attn_indexes=[],
+        mlp_dim=384,
+        initializer_range=0.02,  # SamVisionConfig's default (1e-10) leaves the encoder silent
+        num_pos_feats=width // 2,
+        scale=1.0,  # SAM's random Fourier features (PositionEmbeddingRandom); wider ones alias
+    )
+    prompt = SamPromptEncoderConfig(
+        hidden_size=width, image_size=DEFAULT_SIZE, patch_size=PATCH, mask_input_channels=8
+    )
+    decoder = SamMaskDecoderConfig(
+        hidden_size=width, mlp_dim=256, num_attention_heads=4, iou_head_hidden_dim=64
+    )
+    return SamConfig(
+        vision_config=vision.to_dict(),
+        prompt_encoder_config=prompt.to_dict(),
+        mask_decoder_config=decoder.to_dict(),
+    )
+
+
+def toy_sam_processor() -> object:
+    """SAM's processor at the toy size: 128 px longest side, padded to 128 x 128."""
+    from transformers import SamImageProcessor, SamProcessor
+
+    size = DEFAULT_SIZE
+    images = SamImageProcessor(
+        size={"longest_edge": size},
+        pad_size={"height": size, "width": size},
+        mask_size={"longest_edge": size // 4},
+        mask_pad_size={"height": size // 4, "width": size // 4},
+    )
+    return SamProcessor(images)
+
+
+@dataclass
+class SamTrainSettings:
+    """Everything that determines the trained weights."""
+
+    seed: int = 0
+    steps: int = 1200
+    batch_size: int = 8  # scenes per step
+    prompts: int = 6  # point prompts and box prompts per scene
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    threads: int = 1
+    log_every: int = 25
+
+
+def _sample_prompts(
+    rng: np.random.Generator, masks: list[np.ndarray], background: np.ndarray, count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Point prompts with their targets, then box prompts with theirs (x, y pixel coordinates)."""
+    size = background.shape[0]
+    points, point_targets, boxes, box_targets = [], [], [], []
+    for _ in range(count):
+        on_background = rng.uniform() < BACKGROUND_PROMPT or not masks
+        target = background if on_background else masks[int(rng.integers(len(masks)))]
+        ys, xs = np.nonzero(target)
+        pick = int(rng.integers(len(xs)))
+        points.append([xs[pick] + 0.5, ys[pick] + 0.5])
+        point_targets.append(target)
+        if masks:
+            obj = masks[int(rng.integers(len(masks)))]
+            ys, xs = np.nonzero(obj)
+            box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float)
+            jitter = rng.normal(0.0, 0.05, 4) * max(box[2] - box[0], box[3] - box[1])
+            boxes.append(np.clip(box + jitter, 0, size))
+            box_targets.append(obj)
+    if not boxes:  # a scene without objects: the whole image as its box
+        boxes, box_targets = [[0, 0, size, size]] * count, [background] * count
+    while len(boxes) < count:  # keep every scene's box count equal
+        boxes.append(boxes[-1])
+        box_targets.append(box_targets[-1])
+    return (
+        np.array(points, np.float32),
+        np.stack(point_targets),
+        np.array(boxes, np.float32),
+        np.stack(box_targets),
+    )
+
+
+def _mask_losses(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Focal (x20) + dice per mask; logits and target ... x H x W."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    alpha = 0.25 * target + 0.75 * (1 - target)
+    focal = (alpha * ce * (1 - p_t) ** 2).flatten(-2).mean(-1)
+    inter = (prob * target).flatten(-2).sum(-1)
+    dice = 1 - (2 * inter + 1) / (prob.flatten(-2).sum(-1) + target.flatten(-2).sum(-1) + 1)
+    return 20 * focal + dice
+
+
+def _true_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pred = logits.detach() > 0
+    tgt = target > 0.5
+    inter = (pred & tgt).flatten(-2).sum(-1).float()
+    union = (pred | tgt).flatten(-2).sum(-1).float()
+    return inter / union.clamp(min=1)
+
+
+def train_sam(
+    settings: SamTrainSettings, out: Path, log: Callable[[str], None] = print
+) -> dict[str, float]:
+    """Train and write the toy SAM (save_pretrained model and processor) to out/."""
+    from transformers import SamModel
+
+    torch.manual_seed(settings.seed)
+    torch.set_num_threads(settings.threads)
+    rng = np.random.default_rng(settings.seed)
+    model = SamModel(toy_sam_config())
+    processor = toy_sam_processor()
+    model.train()
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+
+    def rate(step: int) -> float:
+        if step < settings.warmup:
+            return (step + 1) / settings.warmup
+        done = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+        return 0.5 * (1 + math.cos(math.pi * done))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, rate)
+    start, cpu_start = time.time(), time.process_time()
+    running: dict[str, float] = {}
+    for step in range(settings.steps):
+        scenes = [
+            make_scene(settings.seed, step * settings.batch_size + i)
+            for i in range(settings.batch_size)
+        ]
+        pixels = processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
+        sampled = [_sample_prompts(rng, s.masks, s.labels == 0, settings.prompts) for s in scenes]
+        points, point_targets, boxes, box_targets = (
+            torch.from_numpy(np.stack([s[i] for s in sampled])).float() for i in range(4)
+        )
+        embeddings = model.get_image_embeddings(pixels)
+        by_point = model(
+            image_embeddings=embeddings, input_points=points[:, :, None], multimask_output=True
+        )
+        by_box = model(image_embeddings=embeddings, input_boxes=boxes, multimask_output=False)
+        size = scenes[0].labels.shape
+        point_logits = F.interpolate(
+            by_point.pred_masks.flatten(0, 1), size, mode="bilinear", align_corners=False
+        ).unflatten(0, points.shape[:2])
+        box_logits = F.interpolate(
+            by_box.pred_masks.flatten(0, 1), size, mode="bilinear", align_corners=False
+        ).unflatten(0, boxes.shape[:2])
+        point_loss = _mask_losses(point_logits, point_targets[:, :, None].expand_as(point_logits))
+        best = point_loss.argmin(-1, keepdim=True)
+        box_loss = _mask_losses(box_logits, box_targets[:, :, None])
+        point_iou = _true_iou(point_logits, point_targets[:, :, None].expand_as(point_logits))
+        box_iou = _true_iou(box_logits, box_targets[:, :, None])
+        iou_loss = F.mse_loss(by_point.iou_scores, point_iou) + F.mse_loss(
+            by_box.iou_scores, box_iou
+        )
+        losses = {
+            "point": point_loss.gather(-1, best).mean(),
+            "box": box_loss.mean(),
+            "iou": iou_loss,
+        }
+        loss = sum(losses.values())
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        for key, value in {**losses, "loss": loss}.items():
+            value = float(value.detach())
+            running[key] = 0.9 * running.get(key, value) + 0.1 * value
+        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+            figures = " ".join(f"{k} {v:.4f}" for k, v in running.items())
+            log(f"step {step + 1}/{settings.steps} {figures} ({time.time() - start:.0f} s)")
+    final = {
+        **running,
+        "cpu_minutes": (time.process_time() - cpu_start) / 60,
+        "wall_minutes": (time.time() - start) / 60,
+    }
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    atomic_write_json(out / "training.json", {"settings": asdict(settings), "final": final})
+    return final
