@@ -248,3 +248,10 @@ def test_fast_on_the_toy_model_keeps_toy_scenes_at_their_size() -> None:
     assert DenseSettings.from_dict({"model": "toy"}).short_side is None
     assert DenseSettings.from_dict({"model": "toy", "short_side": 256}).short_side == 256
     assert DenseSettings.from_dict({"model": "ViT-B-16"}).short_side == 336
+
+
+@pytest.mark.parametrize("command", ["train", "train-sam"])
+def test_training_commands_refuse_zero_steps_before_writing(command: str, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    assert main(["toyworld", command, str(out), "--steps", "0"]) == 2
+    assert not out.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -46,15 +47,11 @@ def train(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
     """Train the toy CLIP from scratch, as the bundled weights were trained."""
-    from autolabel.errors import UsageError
     from autolabel.toyworld.train import TrainSettings
     from autolabel.toyworld.train import train as run_training
 
     settings = TrainSettings(seed=seed, threads=threads, device=device)
-    if steps is not None:
-        if steps < 1:
-            raise UsageError("--steps must be at least 1")
-        settings.steps = steps
+    _set_steps(settings, steps)
     run_training(settings, out, log=lambda line: console.print(line, highlight=False))
     console.print(
         f"use it with: autolabel run IMAGES --vocab V --model toy --checkpoint {out / 'toy.pt'}",
@@ -70,15 +67,11 @@ def train_sam(
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch."),
 ) -> None:
     """Train the toy SAM from scratch, as the bundled one was trained."""
-    from autolabel.errors import UsageError
     from autolabel.toyworld.train_sam import SamTrainSettings
     from autolabel.toyworld.train_sam import train_sam as run_training
 
     settings = SamTrainSettings(seed=seed, threads=threads)
-    if steps is not None:
-        if steps < 1:
-            raise UsageError("--steps must be at least 1")
-        settings.steps = steps
+    _set_steps(settings, steps)
     run_training(settings, out, log=lambda line: console.print(line, highlight=False))
     console.print(
         f"use it with: autolabel run IMAGES --vocab V --model toy --refine crf+sam "
@@ -127,3 +120,14 @@ def demo(
         f"score it again: autolabel eval {labels} --gt-masks {scenes / 'masks'}",
         highlight=False,
     )
+
+
+def _set_steps(settings: Any, steps: int | None) -> None:
+    """--steps of a training command: at least 1; None keeps the shipped model's count."""
+    if steps is None:
+        return
+    if steps < 1:
+        from autolabel.errors import UsageError
+
+        raise UsageError("--steps must be at least 1")
+    settings.steps = steps
