@@ -85,7 +85,11 @@ def main() -> int:
         engine, workers, images, out = args.child
         print(json.dumps(child(engine, int(workers), Path(images), Path(out))))
         return 0
-    if os.environ.get(INSIDE) is None and os.geteuid() == 0 and shutil.which("unshare"):
+    if os.environ.get(INSIDE) is None:
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            # Ray binds to the machine's network interface outside a private namespace.
+            print("run as root with unshare available: Ray runs in a loopback-only namespace")
+            return 2
         # Ray's sessions go to a tmpfs private to the namespace, as in tests/ray_scenario.py.
         command = (
             "ip link set lo up && mkdir -p /tmp/ray && mount -t tmpfs tmpfs /tmp/ray && "
