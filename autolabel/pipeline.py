@@ -47,13 +47,15 @@ def label_loaded(
     instances, keyed by entry.rel."""
     labelled: dict[str, Instances | ImageError] = {}
     by_rel = {im.entry.rel: im for im in images}
-    for rel, outcome in segment_loaded(segmenter, images, vocab, max_side).items():
+    # Resized once: the method and the SAM stage see the same working-size image.
+    fitted = {rel: fit_max_side(im.rgb, max_side) for rel, im in by_rel.items()}
+    for rel, outcome in segment_fitted(segmenter, fitted, vocab).items():
         if isinstance(outcome, ImageError):
             labelled[rel] = outcome
             continue
         try:
             if refiner is not None:
-                outcome = refiner(fit_max_side(by_rel[rel].rgb, max_side), outcome)
+                outcome = refiner(fitted[rel], outcome)
             instances = Instances.from_label_map(
                 outcome.labels,
                 vocab.names,
@@ -71,29 +73,26 @@ def label_loaded(
     return labelled
 
 
-def segment_loaded(
-    segmenter: Segmenter, images: list[LoadedImage], vocab: Vocabulary, max_side: int
+def segment_fitted(
+    segmenter: Segmenter, fitted: dict[str, np.ndarray], vocab: Vocabulary
 ) -> dict[str, SegResult | ImageError]:
-    """Segment decoded images; if the batch fails, retry one by one so a bad image fails alone.
-
-    Results are keyed by entry.rel and sized like fit_max_side(image, max_side).
-    """
-    arrays = [fit_max_side(im.rgb, max_side) for im in images]
-    padded = [pad_to_aspect(a) for a in arrays]
+    """Segment images already at the working size (fit_max_side), keyed by entry.rel; if the
+    batch fails, retry one by one so a bad image fails alone. Results are sized like the input."""
+    padded = {rel: pad_to_aspect(rgb) for rel, rgb in fitted.items()}
     try:
-        results = segmenter.segment_batch([p for p, _ in padded], vocab)
+        results = segmenter.segment_batch([p for p, _ in padded.values()], vocab)
         return {
-            im.entry.rel: _crop_result(res, box)
-            for im, res, (_, box) in zip(images, results, padded, strict=True)
+            rel: _crop_result(res, box)
+            for (rel, (_, box)), res in zip(padded.items(), results, strict=True)
         }
     except Exception as exc:  # a method's error on one image must not end the run
-        if len(images) == 1:
-            rel = images[0].entry.rel
+        if len(fitted) == 1:
+            (rel,) = fitted
             reason = f"segmentation failed: {type(exc).__name__}: {exc}"
             return {rel: ImageError(rel, reason, "segment")}
     out: dict[str, SegResult | ImageError] = {}
-    for im in images:
-        out.update(segment_loaded(segmenter, [im], vocab, max_side))
+    for rel, rgb in fitted.items():
+        out.update(segment_fitted(segmenter, {rel: rgb}, vocab))
     return out
 
 
