@@ -4,15 +4,21 @@ image-level presence precision / recall / F1."""
 from __future__ import annotations
 
 import json
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autolabel.errors import UsageError
 from autolabel.io.png import read_label_png
 from autolabel.io.resize import resize_labels
+
+if TYPE_CHECKING:
+    from autolabel.instances import Instances
+    from autolabel.io.run_folder import RunImage
 
 
 @dataclass
@@ -226,12 +232,17 @@ class InstanceReport:
         }
 
 
-def evaluate_instances(run_dir: Path, gt_coco: Path) -> InstanceReport:
+def evaluate_instances(
+    run_dir: Path,
+    gt_coco: Path,
+    instances_of: Callable[[RunImage], Instances] = operator.attrgetter("instances"),
+) -> InstanceReport:
     """COCO mask AP, AP50, AP75 and per-class AP of a run against any COCO file.
 
     The ground truth keeps its own image and category ids: images are matched to the run's by
     file name (the relative path, else a unique base name) and categories by name, so what
-    `autolabel pull` writes, or any other COCO export, can score a run.
+    `autolabel pull` writes, or any other COCO export, can score a run. `instances_of` may score
+    other instances of each run image than the run's own (the toy benchmark's baselines).
     """
     from autolabel.io.coco import read_coco
     from autolabel.io.run_folder import read_run
@@ -260,7 +271,7 @@ def evaluate_instances(run_dir: Path, gt_coco: Path) -> InstanceReport:
             if category is not None:
                 ann_id = len(gt_anns) + 1
                 gt_anns.append(_gt_annotation(ann, category, image_id, ann_id, (height, width)))
-        predictions += image.instances.to_coco(image_id, first_id=len(predictions) + 1)
+        predictions += instances_of(image).to_coco(image_id, first_id=len(predictions) + 1)
     metrics = _coco_ap(
         gt_images, gt_anns, predictions, names, sorted(set(gt_class.values()) - {None})
     )

@@ -11,7 +11,9 @@ argmax; unchanged or NACLIP last block; no CRF), the floor that the methods buil
     python benchmarks/toyworld.py --seed 4243 --methods fast car --refine crf crf+sam
 
 With --refine, each method runs once per refinement and the rows add COCO mask AP against the
-scenes' instances.json and the touching same-class pairs split into two instances.
+scenes' instances.json, the AP of the connected components of the same run's label map (the
+instances the run would give without SAM's) and the touching same-class pairs split into two
+instances.
 """
 
 from __future__ import annotations
@@ -53,7 +55,11 @@ def main() -> int:
         return 0
     print(f"{args.n} toy scenes, seed {args.seed}, device {args.device}")
     header = f"{'method':<13} {'mIoU':>6} {'pixacc':>6} {'pres P':>6} {'pres R':>6} {'pres F1':>7}"
-    print(header + f" {'s/img':>7}" + (f" {'mask AP':>7} {'split':>7}" if args.refine else ""))
+    if args.refine:
+        header += f" {'s/img':>7} {'mask AP':>7} {'CC AP':>7} {'split':>7}"
+    else:
+        header += f" {'s/img':>7}"
+    print(header)
     for method, r in results.items():
         p = r["presence"]
         line = (
@@ -62,7 +68,8 @@ def main() -> int:
         )
         if "instances" in r:
             split = f"{r['split']['split']}/{r['split']['pairs']}"
-            line += f" {r['instances']['ap']:7.3f} {split:>7}"
+            ap, cc = r["instances"]["ap"], r["components"]["ap"]
+            line += f" {ap:7.3f} {cc:7.3f} {split:>7}"
         print(line)
     return 0
 

@@ -255,3 +255,28 @@ def test_training_commands_refuse_zero_steps_before_writing(command: str, tmp_pa
     out = tmp_path / "model"
     assert main(["toyworld", command, str(out), "--steps", "0"]) == 2
     assert not out.exists()
+
+
+def test_train_sam_trains_every_part_and_is_deterministic(tmp_path: Path) -> None:
+    """Two steps move the image encoder, prompt encoder and mask decoder alike (transformers'
+    get_image_embeddings runs under no_grad and once froze the encoder), and a rerun with the
+    same seed writes the same weights."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import SamModel
+
+    from autolabel.toyworld.train_sam import SamTrainSettings, toy_sam_config, train_sam
+
+    settings = SamTrainSettings(steps=2, batch_size=2, prompts=2, warmup=1)
+    for out in (tmp_path / "a", tmp_path / "b"):
+        train_sam(settings, out, log=lambda line: None)
+    a, b = (
+        load_file(tmp_path / "a" / "model.safetensors"),
+        load_file(tmp_path / "b" / "model.safetensors"),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(settings.seed)
+    initial = SamModel(toy_sam_config()).state_dict()
+    for part in ("vision_encoder.layers.0.", "prompt_encoder.", "mask_decoder."):
+        moved = [k for k in a if k.startswith(part) and not torch.equal(a[k], initial[k])]
+        assert moved, part

@@ -82,16 +82,21 @@ def test_method_quality_on_unseen_scenes(method: str, scenes: Path, tmp_path: Pa
     assert result["presence"]["f1"] >= floor["f1"], (method, result["presence"])
 
 
-# CaR + SAM with the toy SAM (issue 13), on scenes of a seed no toy model was trained on. The
-# toy SAM (32 min of CPU training) is too weak for SAM to help here: the issue's targets (mask AP
-# +0.10 over the CRF's connected components, mIoU within 0.01, 80 % of touching pairs split)
-# are NOT met; see the README. These floors pin what the pipeline gives today, so that a change
-# that breaks the SAM stage's plumbing (loading, generation, matching, instances) fails.
+# CaR + SAM with the toy SAM (issue 13), on scenes of a seed no toy model was trained on. With
+# the retrained toy SAM, SAM splits touching same-class pairs and raises mask AP, but its edges
+# are softer than the CRF's, so mIoU falls more than the issue allows (0.01); see the README.
+# These floors pin what the SAM stage gives today, a little below the measured values.
 SAM_SEED = 4243
 SAM_SCENES = 8
 # Share of ground-truth objects with a toy-SAM automatic mask at IoU >= 0.7 (toy recipes'
-# generator settings), measured on these 8 scenes: 11 of 21.
-SAM_RECALL = {"measured": 11 / 21, "floor": 0.45}
+# generator settings), measured on these 8 scenes: 21 of 21 (11 of 21 with the SAM trained with
+# a frozen image encoder).
+SAM_RECALL = {"measured": 21 / 21, "floor": 0.9}
+# car on the first 12 scenes of SAM_SEED (6 touching same-class pairs), --refine crf+sam against
+# the connected components of the same run's label map, and its mIoU against --refine crf:
+# measured AP 0.667 vs 0.600, 5 of 6 pairs split, mIoU 0.747 vs 0.787.
+SAM_RUN_SCENES = 12
+SAM_RUN = {"ap_gain": 0.04, "split": 0.6, "miou_loss": 0.06}
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +122,14 @@ def test_toy_sam_masks_find_the_objects(sam_scenes: Path) -> None:
             found += max(ious, default=0.0) >= 0.7
             total += 1
     assert found / total >= SAM_RECALL["floor"], (found, total)
+
+
+def test_crf_sam_splits_touching_pairs_and_raises_mask_ap(tmp_path: Path) -> None:
+    scenes = make_scenes(tmp_path / "scenes", SAM_RUN_SCENES, SAM_SEED)
+    crf = score("car", scenes, tmp_path / "crf", refine="crf")
+    sam = score("car", scenes, tmp_path / "sam", refine="crf+sam")
+    assert sam["split"]["pairs"] == 6 and crf["split"]["split"] == 0
+    assert sam["split"]["fraction"] >= SAM_RUN["split"], sam["split"]
+    gain = sam["instances"]["ap"] - sam["components"]["ap"]
+    assert gain >= SAM_RUN["ap_gain"], (sam["instances"]["ap"], sam["components"]["ap"])
+    assert sam["miou"] >= crf["miou"] - SAM_RUN["miou_loss"], (sam["miou"], crf["miou"])

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from autolabel.evaluate import SegmentationScores, evaluate_instances, evaluate_run
-from autolabel.instances import instances_from_labels, semantic_from_instances
+from autolabel.instances import Instances, instances_from_labels, semantic_from_instances
+from autolabel.io.run_folder import RunImage
 from autolabel.toyworld.export import write_dataset
 from autolabel.toyworld.scenes import DEFAULT_SIZE
 from autolabel.vocab import load_vocabulary
@@ -47,8 +48,10 @@ def score(
 
     recipe: another recipe for the method (a name or a YAML path); default its toy recipe.
     refine: --refine for the run (default: the recipe's). With it, the instances are scored
-    too: COCO mask AP against the scenes' instances.json ("instances") and the share of
-    touching same-class pairs that come out as two instances ("split").
+    too: COCO mask AP against the scenes' instances.json ("instances"), the AP of the connected
+    components of the same run's label map ("components": what the run would give without SAM's
+    instances) and the share of touching same-class pairs that come out as two instances
+    ("split").
     """
     if method in RAW:
         return _score_raw(RAW[method], scenes, device)
@@ -74,9 +77,22 @@ def score(
     seconds = [r["seconds"] for r in rows if r.get("status") == "ok"]
     metrics = evaluate_run(out, scenes / "masks", ignore_index=None).metrics
     if refine is not None:
-        metrics["instances"] = evaluate_instances(out, scenes / "instances.json").metrics
+        gt = scenes / "instances.json"
+        metrics["instances"] = evaluate_instances(out, gt).metrics
+        metrics["components"] = evaluate_instances(out, gt, components_of).metrics
         metrics["split"] = touching_pairs_split(out, scenes)
     return {**metrics, "seconds_per_image": float(np.mean(seconds))}
+
+
+def components_of(image: RunImage) -> Instances:
+    """The connected components of a run image's label map, as instances (MIN_AREA as the run);
+    each scored by the area-weighted mean score of the run's instances it covers."""
+    run = image.instances
+    items = instances_from_labels(run.label_map, None, run.size, MIN_AREA)
+    for component in items:
+        weights = [(component.mask & inst.mask).sum() for inst in run]
+        component.score = float(np.average([i.score for i in run], weights=weights))
+    return Instances(run.size, run.names, items, run.scores)
 
 
 def touching_pairs_split(run_dir: Path, scenes: Path, min_iou: float = 0.5) -> dict[str, Any]:

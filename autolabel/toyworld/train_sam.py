@@ -88,14 +88,14 @@ class SamTrainSettings:
     """Everything that determines the trained weights."""
 
     seed: int = 0
-    steps: int = 1200
+    steps: int = 2400
     batch_size: int = 8  # scenes per step
-    prompts: int = 6  # point prompts and box prompts per scene
-    lr: float = 1e-3
-    warmup: int = 50
+    prompts: int = 12  # point prompts and box prompts per scene
+    lr: float = 2e-3
+    warmup: int = 100
     weight_decay: float = 0.01
     threads: int = 1
-    log_every: int = 25
+    log_every: int = 100
 
 
 def _sample_prompts(
@@ -186,7 +186,8 @@ def train_sam(
         points, point_targets, boxes, box_targets = (
             torch.from_numpy(np.stack([s[i] for s in sampled])).float() for i in range(4)
         )
-        embeddings = model.get_image_embeddings(pixels)
+        # Not get_image_embeddings: transformers runs it under no_grad, which froze the encoder.
+        embeddings = model.vision_encoder(pixels)[0]
         by_point = model(
             image_embeddings=embeddings, input_points=points[:, :, None], multimask_output=True
         )
