@@ -28,6 +28,7 @@ from autolabel.toyworld import TOY_NAME
 from autolabel.vocab import Vocabulary, load_vocabulary, parse_vocabulary
 
 if TYPE_CHECKING:
+    from autolabel.methods.settings import MethodSettings
     from autolabel.refine.sam import SamRefiner
     from autolabel.runner import RunSummary
 
@@ -66,6 +67,7 @@ class Labeler:
         settings: dict[str, Any] | None = None,
         refine: str | None = None,
         sam_model: str | os.PathLike | None = None,
+        precision: str | None = None,
         device: str = "auto",
         max_side: int = 1024,
         min_area: int = 16,
@@ -90,9 +92,11 @@ class Labeler:
             settings=settings,
             refine=refine,
             sam_model=None if sam_model is None else os.fspath(sam_model),
+            precision=precision,
             **models,
         )
         self.method = resolved.method
+        self.precision = resolved.precision  # as asked (auto...); precision_used: as resolved
         self.refine = resolved.refine
         self.sam = resolved.sam
         self.recipe = resolved.recipe
@@ -104,6 +108,7 @@ class Labeler:
             Path(vocabulary) if isinstance(vocabulary, str | os.PathLike) else None
         )
         self.device = _check_device(device)
+        self.precision_used = _check_precision(self.precision, device, self._validated)
         self.max_side = max_side
         self.min_area = min_area
         self._segmenter: Segmenter | None = None
@@ -130,6 +135,7 @@ class Labeler:
             background=config.background,
             refine=config.refine,
             sam_model=config.sam_model,
+            precision=config.precision,
             device=config.device,
             max_side=config.max_side,
             min_area=getattr(config, "min_area", 16),
@@ -174,6 +180,7 @@ class Labeler:
             "recipe": self.recipe,
             "settings": self.settings,
             **self._refine_record(),
+            "precision": self.precision_used,
             "models": models,
         }
 
@@ -212,10 +219,15 @@ class Labeler:
 
     def label_loaded(self, images: list[LoadedImage]) -> dict[str, Instances | ImageError]:
         """Label decoded images as one batch; results keyed by entry.rel, failures as values."""
+        from autolabel.models.clip import resolve_device
+        from autolabel.models.precision import autocast
+
         segmenter = self.load()
-        return label_loaded(
-            segmenter, images, self.vocabulary, self.max_side, self.min_area, self._refiner
-        )
+        # One region for the method and SAM; the methods keep their fragile parts in fp32.
+        with autocast(resolve_device(self.device), self.precision_used):
+            return label_loaded(
+                segmenter, images, self.vocabulary, self.max_side, self.min_area, self._refiner
+            )
 
     def label_folder(
         self,
@@ -243,12 +255,20 @@ class Labeler:
             max_side=self.max_side,
             refine=self.refine.refine,
             sam_model=None if self.sam is None else self.sam.model,
+            precision=self.precision,
             min_area=self.min_area,
             previews=previews,
             resume=resume,
             overwrite=overwrite,
         )
         return run_job(config, labeler=self, progress=progress)
+
+    def precision_note(self) -> str:
+        """A warning when the run's precision is emulated on this device ("" otherwise)."""
+        from autolabel.models.clip import resolve_device
+        from autolabel.models.precision import slow_precision_note
+
+        return slow_precision_note(self.precision_used, resolve_device(self.device))
 
     def domain_note(self, size: tuple[int, int]) -> str:
         """A warning, the first time only, when the toy model is asked about a real photo."""
@@ -258,6 +278,15 @@ class Labeler:
             return ""
         self._warned = True
         return TOY_WARNING
+
+
+def _check_precision(precision: str, device: str, settings: MethodSettings) -> str:
+    """The precision the models run in on this device; refused now when it cannot be."""
+    from autolabel.models.clip import resolve_device
+    from autolabel.models.precision import resolve_precision
+
+    parity = bool(getattr(settings, "parity", False))
+    return resolve_precision(precision, resolve_device(device), parity)
 
 
 def _check_device(device: str) -> str:

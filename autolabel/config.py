@@ -27,6 +27,8 @@ def _recipes_dir() -> Path:
 
 RECIPES_DIR = _recipes_dir()
 DEFAULT_METHOD = "car"
+# --precision values (autolabel.models.precision): auto picks one per device.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RECIPE_KEYS = {
     "method",
     "model",
@@ -36,6 +38,7 @@ RECIPE_KEYS = {
     "description",
     "refine",
     "sam",
+    "precision",
 }
 # CLI/model options that reach a method as settings keys (None = not given, method default wins).
 MODEL_KEYS = (
@@ -61,6 +64,7 @@ class Recipe:
     description: str = ""
     refine: str | None = None  # crf, sam, crf+sam or none (autolabel.refine.settings)
     sam: dict[str, Any] | None = None  # SAM's model, generator and matching settings
+    precision: str | None = None  # auto, fp32, bf16 or fp16 (autolabel.models.precision)
 
 
 def list_recipes() -> list[str]:
@@ -110,7 +114,19 @@ def load_recipe(name_or_path: str) -> Recipe:
         description=str(data.get("description", "")),
         refine=data.get("refine"),
         sam=data.get("sam"),
+        precision=_recipe_precision(path, data.get("precision")),
     )
+
+
+def _recipe_precision(path: Path, value: Any) -> str | None:
+    return None if value is None else check_precision(value, f"recipe {path}: 'precision'")
+
+
+def check_precision(value: Any, where: str = "--precision") -> str:
+    """A precision name (PRECISIONS); UsageError naming where it came from otherwise."""
+    if value not in PRECISIONS:
+        raise UsageError(f"{where} must be one of {', '.join(PRECISIONS)}, not {value!r}")
+    return value
 
 
 def save_recipe(recipe: Recipe, path: Path) -> None:
@@ -120,7 +136,7 @@ def save_recipe(recipe: Recipe, path: Path) -> None:
     data: dict[str, Any] = {"method": recipe.method}
     if recipe.description:
         data["description"] = recipe.description
-    for key in ("model", "pretrained", "background", "refine", "sam"):
+    for key in ("model", "pretrained", "background", "refine", "sam", "precision"):
         if getattr(recipe, key) is not None:
             data[key] = getattr(recipe, key)
     data["settings"] = recipe.settings
@@ -148,6 +164,7 @@ def resolve_method(
     settings: dict[str, Any] | None = None,
     refine: str | None = None,
     sam_model: str | None = None,
+    precision: str | None = None,
     **models: str | None,
 ) -> ResolvedRun:
     """Merge a recipe, settings and explicit options (options win, then settings) into a method
@@ -158,7 +175,8 @@ def resolve_method(
     Every entry point (the Python API, run, tune, the Label Studio backend, the FiftyOne plugin)
     resolves here. Settings are merged, not validated: methods.base.validate_settings does that.
     `refine` (else the recipe's) and `sam_model` (else the recipe's sam.model) are checked here;
-    the CRF part of refine becomes the method's `crf` setting.
+    the CRF part of refine becomes the method's `crf` setting. `precision` (else the recipe's,
+    else auto) is checked here and resolved per device when the models load.
     """
     from autolabel.refine.settings import check_refine
 
@@ -200,8 +218,15 @@ def resolve_method(
     user_background = background is not None
     if background is None and loaded is not None:
         background = loaded.background
+    precision = check_precision(precision or (loaded.precision if loaded else None) or "auto")
     return ResolvedRun(
-        chosen, loaded.name if loaded else None, settings, background, user_background, plan
+        chosen,
+        loaded.name if loaded else None,
+        settings,
+        background,
+        user_background,
+        plan,
+        precision,
     )
 
 
@@ -252,6 +277,7 @@ class JobConfig:
     max_side: int = 1024
     refine: str | None = None  # None: the recipe's, else the method's default
     sam_model: str | None = None
+    precision: str | None = None  # None: the recipe's, else auto
 
     def resolve(self) -> ResolvedRun:
         """Check the numeric options, then resolve the method as resolve_method does."""
@@ -264,6 +290,7 @@ class JobConfig:
             background=self.background,
             refine=self.refine,
             sam_model=self.sam_model,
+            precision=self.precision,
             **models,
         )
 
@@ -322,6 +349,7 @@ class ResolvedRun:
     background: list[str] | None
     background_user: bool = False  # written by the user (--background), not by a recipe
     refine: RefinePlan | None = None  # the checked --refine / sam settings
+    precision: str = "auto"  # --precision, else the recipe's (resolved per device at load)
 
     @property
     def sam(self) -> SamSettings | None:

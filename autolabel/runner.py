@@ -130,8 +130,9 @@ def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = N
         ]
         del finished
         summary.resumed = len(entries) - len(todo)
-        if vocab.background_note():
-            summary.warnings.append(vocab.background_note())
+        for note in (vocab.background_note(), labeler.precision_note()):
+            if note:
+                summary.warnings.append(note)
         described = labeler.describe()
         models = described["models"] if labeler.loaded else _previous_models(output)
         run_info = {
@@ -144,6 +145,7 @@ def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = N
             "settings": labeler.settings,
             # --refine and SAM's settings, when given (Labeler.describe)
             **{key: described[key] for key in ("refine", "sam") if key in described},
+            "precision": described["precision"],  # as run on the driver's device
             "vocabulary": vocab.to_dict(),
             "models": models,
             "versions": package_versions(),

@@ -455,3 +455,20 @@ def test_cli_run_method_pnp_writes_valid_coco(
     run = json.loads((out / "run.json").read_text())
     assert run["method"] == "pnp" and run["models"]["backbone"]["name"] == tiny_blip
     assert run["models"]["settings"]["layer"] == 1
+
+
+@pytest.mark.parametrize("which", ["tiny_blip", "tiny_bridgetower"])
+def test_segment_batch_runs_under_bf16(which: str, request) -> None:
+    """--precision bf16 runs the ITM model under autocast; what reaches numpy is float32."""
+    from autolabel.models.precision import autocast
+
+    model = request.getfixturevalue(which)
+    segmenter = build_segmenter("pnp", {**settings_dict(model)}, "cpu")
+    vocab = parse_vocabulary(VOCAB)
+    batch = images(2)
+    with autocast(torch.device("cpu"), "bf16"):
+        results = segmenter.segment_batch(batch, vocab)
+    for image, result in zip(batch, results, strict=True):
+        assert result.labels.shape == image.shape[:2] and result.probs.dtype == np.float32
+        assert np.allclose(result.probs.sum(0), 1, atol=1e-4)
+        assert np.array_equal(result.labels, result.probs.argmax(0))

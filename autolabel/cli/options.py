@@ -108,6 +108,16 @@ SamModel = Annotated[
         "or 'toy'.",
     ),
 ]
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]  # autolabel.config.PRECISIONS
+Precision = Annotated[
+    PrecisionName | None,
+    typer.Option(
+        "--precision",
+        help="Numeric precision of the models: auto (bf16 where the device has it, fp16 on "
+        "GPUs without bf16, else fp32; fp32 under --parity), fp32, bf16 or fp16 "
+        "(default: the recipe's, else auto).",
+    ),
+]
 MAX_SIDE_HELP = "Longest image side, in pixels, to process at (larger images shrink)."
 MaxSide = Annotated[int, typer.Option("--max-side", help=MAX_SIDE_HELP)]
 
@@ -123,6 +133,7 @@ JOB_OPTIONS: dict[str, tuple[Any, Any]] = {
     "classifier_checkpoint": (ClassifierCheckpoint, None),
     "background": (Background, None),
     "device": (Device, "auto"),
+    "precision": (Precision, None),
     "batch_size": (BatchSize, 1),
 }
 

@@ -43,6 +43,7 @@ from autolabel.methods.prompts import visual_prompt
 from autolabel.methods.settings import CaRSettings
 from autolabel.models import vit
 from autolabel.models.clip import ClipModel, load_clip
+from autolabel.models.precision import full_precision
 from autolabel.refine.crf import CRFParams, dense_crf
 from autolabel.vocab import VocabClass, Vocabulary
 
@@ -166,7 +167,7 @@ class FastEngine:
             emb = torch.stack([self._embeddings[k] for k in image_keys])
             prompts = [t.format(q) for t in self.settings.templates for q in queries]
             text = self.g.encode_text(prompts).view(len(self.settings.templates), len(queries), -1)
-            out.append(_ensemble(scale * emb @ text.transpose(1, 2)))
+            out.append(_ensemble(_logits(scale, emb, text.transpose(1, 2))))
         return out
 
 
@@ -222,9 +223,16 @@ class ReferenceEngine:
             for template in self.settings.templates:
                 emb = _classifier_embedding(self.g, pixels, self.settings)
                 text = _encode_uncached(self.g, [template.format(q) for q in queries])
-                per_template.append(scale * emb @ text.T)
+                per_template.append(_logits(scale, emb, text.T))
             out.append(_ensemble(torch.stack(per_template)))
         return out
+
+
+def _logits(scale: torch.Tensor, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """scale x cosine of image and (transposed) text vectors, in fp32 under any --precision:
+    _ensemble's double softmax reads them, and bf16 rounds a logit of 25 to steps of 0.125."""
+    with full_precision(images.device):
+        return scale * images.float() @ texts.float()
 
 
 def _ensemble(logits: torch.Tensor) -> np.ndarray:
@@ -245,7 +253,8 @@ def _key(image: np.ndarray) -> bytes:
 def _encode_uncached(clip: ClipModel, prompts: list[str]) -> torch.Tensor:
     """L2-normalised text embeddings without the cache (the reference path's per-step cost)."""
     tokens = clip.tokenizer(prompts).to(clip.device)
-    feats = clip.model.encode_text(tokens).float()
+    with full_precision(clip.device):  # as ClipModel.encode_text
+        feats = clip.model.encode_text(tokens).float()
     return feats / feats.norm(dim=-1, keepdim=True)
 
 

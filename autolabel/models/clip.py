@@ -17,6 +17,7 @@ import torch
 
 from autolabel.errors import ModelLoadError
 from autolabel.models.checkpoints import create_from_checkpoint, wants_quick_gelu
+from autolabel.models.precision import full_precision
 from autolabel.models.vit import encode_tokens
 from autolabel.toyworld import TOY_NAME
 
@@ -55,7 +56,11 @@ class ClipModel:
             missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
             if missing:
                 tokens = self.tokenizer(missing).to(self.device)
-                feats = encode_tokens(self.model, tokens).float()
+                # fp32 under any --precision: each prompt is encoded once per process and cached,
+                # so runs of any precision share exact embeddings. In bf16 they moved CaR's toy
+                # labels: 99.01 % of pixels as in fp32 on 12 scenes, 99.99 % with fp32 text.
+                with full_precision(self.device):
+                    feats = encode_tokens(self.model, tokens).float()
                 feats = feats / feats.norm(dim=-1, keepdim=True)
                 for prompt, feat in zip(missing, feats, strict=True):
                     self._text_cache[prompt] = feat
