@@ -29,6 +29,9 @@ RECIPES_DIR = _recipes_dir()
 DEFAULT_METHOD = "car"
 # --precision values (autolabel.models.precision): auto picks one per device.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The default precision when neither an option nor the recipe sets one (else auto): also for the
+# Label Studio backend and the FiftyOne plugin, which take no --precision.
+PRECISION_ENV = "AUTOLABEL_PRECISION"
 RECIPE_KEYS = {
     "method",
     "model",
@@ -176,7 +179,7 @@ def resolve_method(
     resolves here. Settings are merged, not validated: methods.base.validate_settings does that.
     `refine` (else the recipe's) and `sam_model` (else the recipe's sam.model) are checked here;
     the CRF part of refine becomes the method's `crf` setting. `precision` (else the recipe's,
-    else auto) is checked here and resolved per device when the models load.
+    else $AUTOLABEL_PRECISION, else auto) is checked here; the Labeler resolves it per device.
     """
     from autolabel.refine.settings import check_refine
 
@@ -218,7 +221,11 @@ def resolve_method(
     user_background = background is not None
     if background is None and loaded is not None:
         background = loaded.background
-    precision = check_precision(precision or (loaded.precision if loaded else None) or "auto")
+    if precision is None and loaded is not None:
+        precision = loaded.precision
+    if precision is None and os.environ.get(PRECISION_ENV):
+        precision = check_precision(os.environ[PRECISION_ENV], PRECISION_ENV)
+    precision = check_precision(precision or "auto")
     return ResolvedRun(
         chosen,
         loaded.name if loaded else None,

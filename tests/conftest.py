@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,12 @@ TINY_VOCAB = "red square\nblue disc: blue circle, round blue thing\n# a comment\
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Keep torch to one thread: the machines are small and tests run beside other work."""
+    """Keep torch to one thread: the machines are small and tests run beside other work. Runs
+    without --precision label in fp32 on every machine (and in the servers and workers the tests
+    start, which inherit the environment): `auto` would pick bf16 on a CPU with bf16
+    instructions. tests/test_precision.py tests `auto` and bf16 explicitly."""
     torch.set_num_threads(1)
+    os.environ["AUTOLABEL_PRECISION"] = "fp32"
 
 
 @pytest.fixture(scope="session")

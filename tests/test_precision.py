@@ -80,3 +80,19 @@ def test_bf16_runs_label_like_fp32_and_are_recorded(
         maps[prec] = [np.asarray(Image.open(p)) for p in sorted((out / "masks").glob("*.png"))]
     agreement = np.mean([np.mean(a == b) for a, b in zip(*maps.values(), strict=True)])
     assert len(maps["bf16"]) == scenes and agreement >= 0.995, agreement
+
+
+def test_the_environment_sets_the_default_precision(tmp_path: Path, monkeypatch) -> None:
+    """AUTOLABEL_PRECISION is the default below --precision and the recipe's key (the tests set
+    it to fp32 in conftest)."""
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("cat\n")
+    monkeypatch.setenv("AUTOLABEL_PRECISION", "bf16")
+    assert Labeler(vocab, model="toy", method="fast", device="cpu", lazy=True).precision == "bf16"
+    labeler = Labeler(vocab, model="toy", method="fast", precision="fp32", lazy=True)
+    assert labeler.precision_used == "fp32"
+    monkeypatch.setenv("AUTOLABEL_PRECISION", "half")
+    with pytest.raises(UsageError, match="AUTOLABEL_PRECISION must be one of"):
+        Labeler(vocab, model="toy", method="fast", lazy=True)
+    monkeypatch.delenv("AUTOLABEL_PRECISION")
+    assert Labeler(vocab, model="toy", method="fast", lazy=True).precision == "auto"
