@@ -28,7 +28,6 @@ from autolabel.toyworld import TOY_NAME
 from autolabel.vocab import Vocabulary, load_vocabulary, parse_vocabulary
 
 if TYPE_CHECKING:
-    from autolabel.methods.settings import MethodSettings
     from autolabel.refine.sam import SamRefiner
     from autolabel.runner import RunSummary
 
@@ -107,8 +106,15 @@ class Labeler:
         self.vocabulary_file = (
             Path(vocabulary) if isinstance(vocabulary, str | os.PathLike) else None
         )
-        self.device = _check_device(device)
-        self.precision_used = _check_precision(self.precision, device, self._validated)
+        from autolabel.models.clip import resolve_device
+        from autolabel.models.precision import resolve_precision
+
+        self.device = device
+        # Resolved once, here: a device this machine lacks and a precision it cannot run are
+        # refused before anything loads.
+        self._torch_device = resolve_device(device)
+        parity = bool(getattr(self._validated, "parity", False))
+        self.precision_used = resolve_precision(self.precision, self._torch_device, parity)
         self.max_side = max_side
         self.min_area = min_area
         self._segmenter: Segmenter | None = None
@@ -219,12 +225,11 @@ class Labeler:
 
     def label_loaded(self, images: list[LoadedImage]) -> dict[str, Instances | ImageError]:
         """Label decoded images as one batch; results keyed by entry.rel, failures as values."""
-        from autolabel.models.clip import resolve_device
         from autolabel.models.precision import autocast
 
         segmenter = self.load()
         # One region for the method and SAM; the methods keep their fragile parts in fp32.
-        with autocast(resolve_device(self.device), self.precision_used):
+        with autocast(self._torch_device, self.precision_used):
             return label_loaded(
                 segmenter, images, self.vocabulary, self.max_side, self.min_area, self._refiner
             )
@@ -265,10 +270,9 @@ class Labeler:
 
     def precision_note(self) -> str:
         """A warning when the run's precision is emulated on this device ("" otherwise)."""
-        from autolabel.models.clip import resolve_device
         from autolabel.models.precision import slow_precision_note
 
-        return slow_precision_note(self.precision_used, resolve_device(self.device))
+        return slow_precision_note(self.precision_used, self._torch_device)
 
     def domain_note(self, size: tuple[int, int]) -> str:
         """A warning, the first time only, when the toy model is asked about a real photo."""
@@ -278,23 +282,6 @@ class Labeler:
             return ""
         self._warned = True
         return TOY_WARNING
-
-
-def _check_precision(precision: str, device: str, settings: MethodSettings) -> str:
-    """The precision the models run in on this device; refused now when it cannot be."""
-    from autolabel.models.clip import resolve_device
-    from autolabel.models.precision import resolve_precision
-
-    parity = bool(getattr(settings, "parity", False))
-    return resolve_precision(precision, resolve_device(device), parity)
-
-
-def _check_device(device: str) -> str:
-    """The device name, refused now when it does not exist on this machine."""
-    from autolabel.models.clip import resolve_device
-
-    resolve_device(device)
-    return device
 
 
 def _vocabulary(

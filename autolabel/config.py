@@ -356,7 +356,7 @@ class ResolvedRun:
     background: list[str] | None
     background_user: bool = False  # written by the user (--background), not by a recipe
     refine: RefinePlan | None = None  # the checked --refine / sam settings
-    precision: str = "auto"  # --precision, else the recipe's (resolved per device at load)
+    precision: str = "auto"  # as asked (the Labeler resolves auto for its device)
 
     @property
     def sam(self) -> SamSettings | None:

@@ -11,7 +11,6 @@ never picks it there, and an explicit `bf16` runs but says so in the run's warni
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 
@@ -60,8 +59,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
-@contextlib.contextmanager
-def full_precision(device: torch.device) -> Iterator[None]:
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
     """Run a block in fp32 inside an autocast region (its inputs must be cast with .float())."""
-    with torch.autocast(device.type, enabled=False):
-        yield
+    return torch.autocast(device.type, enabled=False)
