@@ -22,8 +22,8 @@ from autolabel.config import JobConfig, RunConfig, check_sizes, resolve_method
 from autolabel.errors import ImageError, UsageError
 from autolabel.instances import Instances
 from autolabel.io.images import ImageEntry, LoadedImage, LoadError, decode_pil, load_image
-from autolabel.methods.base import Segmenter, build_segmenter, validate_settings
-from autolabel.pipeline import label_loaded
+from autolabel.methods.base import Segmenter, SegResult, build_segmenter, validate_settings
+from autolabel.pipeline import Staged, label_loaded, run_model, to_instances
 from autolabel.toyworld import TOY_NAME
 from autolabel.vocab import Vocabulary, load_vocabulary, parse_vocabulary
 
@@ -172,6 +172,11 @@ class Labeler:
             return self._segmenter
 
     @property
+    def device_type(self) -> str:
+        """ "cpu", "cuda", "mps"...: the kind of device the models run on."""
+        return self._torch_device.type
+
+    @property
     def loaded(self) -> bool:
         """Whether the models are in memory."""
         return self._segmenter is not None
@@ -234,6 +239,23 @@ class Labeler:
                 segmenter, images, self.vocabulary, self.max_side, self.min_area, self._refiner
             )
 
+    def run_model(self, images: list[LoadedImage]) -> dict[str, Staged | ImageError]:
+        """label_loaded's model part alone (the local engine overlaps the rest with it)."""
+        from autolabel.models.precision import autocast
+
+        segmenter = self.load()
+        with autocast(self._torch_device, self.precision_used):
+            return run_model(segmenter, images, self.vocabulary, self.max_side)
+
+    def to_instances(
+        self, staged: Staged, result: SegResult | ImageError
+    ) -> Instances | ImageError:
+        """label_loaded's last part: SAM (if the run has it) and the instances of one image."""
+        from autolabel.models.precision import autocast
+
+        with autocast(self._torch_device, self.precision_used):
+            return to_instances(staged, result, self.vocabulary, self.min_area, self._refiner)
+
     def label_folder(
         self,
         images: str | os.PathLike,
@@ -243,9 +265,14 @@ class Labeler:
         resume: bool = True,
         overwrite: bool = False,
         batch_size: int = 1,
+        cpu_workers: int | None = None,
         progress: Callable[[int, int, int], None] | None = None,
     ) -> RunSummary:
-        """Label a folder into `out` exactly as `autolabel run` does; returns the run summary."""
+        """Label a folder into `out` exactly as `autolabel run` does; returns the run summary.
+
+        `cpu_workers`: processes running the CRFs beside the model (None: one per spare core,
+        at most 4; 0: the serial loop), as `autolabel run --cpu-workers`.
+        """
         from autolabel.io.storage import location
         from autolabel.runner import run_job
 
@@ -257,6 +284,7 @@ class Labeler:
             recipe=self.recipe,
             device=self.device,
             batch_size=batch_size,
+            cpu_workers=cpu_workers,
             max_side=self.max_side,
             refine=self.refine.refine,
             sam_model=None if self.sam is None else self.sam.model,

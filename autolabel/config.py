@@ -312,6 +312,9 @@ class RunConfig(JobConfig):
     overwrite: bool = False
     # Where the images are labelled (autolabel.engines): this process, or a Ray cluster.
     engine: str = "local"
+    # Local engine: processes running each image's CRF beside the model (None: the default;
+    # 0: the serial loop).
+    cpu_workers: int | None = None
     ray_address: str | None = None
     workers: int | None = None
     gpus_per_worker: float = 0.0

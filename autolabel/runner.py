@@ -19,7 +19,7 @@ from autolabel.errors import AutolabelError, ImageError, UsageError
 from autolabel.instances import Instances
 from autolabel.io.atomic import atomic_open
 from autolabel.io.coco import write_coco
-from autolabel.io.images import ImageEntry, LoadedImage
+from autolabel.io.images import ImageEntry, LoadedImage, LoadError
 from autolabel.io.report import REPORT_DIR, REPORT_NAME, write_report
 from autolabel.io.run_folder import mask_name, preview_name
 from autolabel.io.storage import (
@@ -154,7 +154,9 @@ def run_job(config: RunConfig, labeler: Labeler | None = None, progress: Any = N
         if pool is not None:
             records = pool.process(todo, summary.warnings)
         else:
-            records = _process(todo, labeler, config, source, output, summary.warnings)
+            from autolabel.engines import local
+
+            records = local.process(todo, labeler, config, source, output, summary.warnings)
         for record in records:
             store.append(record)
             if progress is not None:
@@ -196,9 +198,14 @@ def check_engine(config: RunConfig) -> Any:
         for name, value in (("--ray-address", config.ray_address), ("--workers", config.workers)):
             if value is not None:
                 raise UsageError(f"{name} is an option of --engine ray")
+        from autolabel.engines.local import check_workers
+
+        check_workers(config.cpu_workers)
         return None
     if config.engine != "ray":
         raise UsageError(f"--engine must be local or ray, not {config.engine!r}")
+    if config.cpu_workers is not None:
+        raise UsageError("--cpu-workers is an option of --engine local")
     from autolabel.engines import ray_pool
 
     ray_pool.check_options(config)
@@ -233,21 +240,6 @@ def _previous_models(output: LocalOutput | RemoteOutput) -> dict[str, Any]:
         return {}
 
 
-def _process(
-    todo: list[ImageEntry],
-    labeler: Labeler,
-    config: RunConfig,
-    source: LocalImages | RemoteImages,
-    output: LocalOutput | RemoteOutput,
-    warnings: list[str],
-) -> Iterator[dict[str, Any]]:
-    """Yield one finished record per entry, in order, decoding one batch at a time."""
-    for start in range(0, len(todo), config.batch_size):
-        batch = todo[start : start + config.batch_size]
-        stamps = [source.stamp(entry) for entry in batch]  # before reading: load reports why
-        yield from label_batch(batch, stamps, labeler, config, source, output, warnings)
-
-
 def label_batch(
     batch: list[ImageEntry],
     stamps: list[list[Any] | None],
@@ -259,7 +251,7 @@ def label_batch(
 ) -> Iterator[dict[str, Any]]:
     """Label one batch and write each image's outputs; yield its records in order.
 
-    Every engine runs this: the local one in its own process, Ray in its workers.
+    The serial loop: the local engine runs it with --cpu-workers 0, Ray in its workers.
     """
     t0 = time.perf_counter()
     loaded = [source.load(e) for e in batch]
@@ -268,23 +260,38 @@ def label_batch(
     per_image = (time.perf_counter() - t0) / max(len(batch), 1)
     for item, stamp in zip(loaded, stamps, strict=True):
         outcome = item if isinstance(item, ImageError) else results[item.entry.rel]
-        size = None if isinstance(item, ImageError) else item.size
-        if isinstance(outcome, ImageError):
-            yield failed_record(item.entry, outcome.reason, per_image, stamp, output, size)
-            continue
-        note = labeler.domain_note(item.size)
-        if note:
-            warnings.append(note)
-        try:
-            yield _write_image(item, outcome, config, output, per_image, stamp)
-        except OSError as exc:
-            if exc.errno in FATAL_WRITE_ERRNOS:
-                raise
-            reason = f"could not write outputs: {exc}"
-            yield failed_record(item.entry, reason, per_image, stamp, output, item.size)
-        except Exception as exc:  # one image's post-processing must not end a long run
-            reason = f"post-processing failed: {type(exc).__name__}: {exc}"
-            yield failed_record(item.entry, reason, per_image, stamp, output, item.size)
+        yield image_record(item, outcome, stamp, per_image, labeler, config, output, warnings)
+
+
+def image_record(
+    item: LoadedImage | LoadError,
+    outcome: Instances | ImageError,
+    stamp: list[Any] | None,
+    seconds: float,
+    labeler: Labeler,
+    config: RunConfig,
+    output: LocalOutput | RemoteOutput,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """Write one labelled image's outputs and return its record (a failed record when it could
+    not be labelled or written; write errors that will hit every image raise)."""
+    if isinstance(item, LoadError):
+        return failed_record(item.entry, item.reason, seconds, stamp, output)
+    if isinstance(outcome, ImageError):
+        return failed_record(item.entry, outcome.reason, seconds, stamp, output, item.size)
+    note = labeler.domain_note(item.size)
+    if note:
+        warnings.append(note)
+    try:
+        return _write_image(item, outcome, config, output, seconds, stamp)
+    except OSError as exc:
+        if exc.errno in FATAL_WRITE_ERRNOS:
+            raise
+        reason = f"could not write outputs: {exc}"
+        return failed_record(item.entry, reason, seconds, stamp, output, item.size)
+    except Exception as exc:  # one image's post-processing must not end a long run
+        reason = f"post-processing failed: {type(exc).__name__}: {exc}"
+        return failed_record(item.entry, reason, seconds, stamp, output, item.size)
 
 
 def _write_image(

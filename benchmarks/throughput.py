@@ -84,13 +84,11 @@ def run_row(args: argparse.Namespace) -> dict:
     """One method, precision and dataset, in this process; label maps saved for agreement."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    import autolabel.methods.car
-    import autolabel.methods.dense
-    import autolabel.methods.pnp
     from autolabel.api import Labeler
     from autolabel.instances import Instances
     from autolabel.io.images import ImageEntry, load_image
     from autolabel.io.png import write_label_png
+    from autolabel.refine import finish
 
     torch.set_num_threads(args.threads)
     images = sorted(Path(args.images).glob("*.[jp][pn]g"))[: args.limit]
@@ -107,9 +105,7 @@ def run_row(args: argparse.Namespace) -> dict:
     labeler = Labeler(args.vocab.split(","), **options)
     labeler.load()
     times: Counter = Counter()
-    for module in (autolabel.methods.car, autolabel.methods.dense, autolabel.methods.pnp):
-        if hasattr(module, "dense_crf"):
-            module.dense_crf = timed("crf", times, module.dense_crf)
+    finish.dense_crf = timed("crf", times, finish.dense_crf)  # every method's CRF runs there
     Instances.from_label_map = timed("instances", times, Instances.from_label_map)
     entries = [ImageEntry(i + 1, p, p.name, p.stem) for i, p in enumerate(images)]
     first = load_image(entries[0])

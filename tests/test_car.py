@@ -15,7 +15,7 @@ from conftest import draw_scene
 
 from autolabel.errors import UsageError
 from autolabel.methods import gradcam
-from autolabel.methods.car import Recurrence, _ensemble, build
+from autolabel.methods.car import Pass, Recurrence, _ensemble, build, pass_of
 from autolabel.methods.prompts import mask_geometry, render_prompts, visual_prompt
 from autolabel.methods.settings import CaRSettings
 from autolabel.models import vit
@@ -432,9 +432,9 @@ def test_stuff_pass_uses_things_as_background(tiny_model: str, weights, images) 
     assert res.scores[2] > 0  # a lone query in its pass always survives
 
 
-def test_crf_runs_on_background_and_the_last_proposals(tiny_model: str, weights) -> None:
-    from autolabel.methods.car import Pass
+def test_crf_runs_on_background_and_the_last_proposals() -> None:
     from autolabel.refine.crf import dense_crf
+    from autolabel.refine.finish import CarPass, car_crf_image, car_pass_output
 
     image = np.array(draw_scene(64, 48, 4))
     yy, xx = np.mgrid[:48, :64]
@@ -442,7 +442,8 @@ def test_crf_runs_on_background_and_the_last_proposals(tiny_model: str, weights)
     right = np.clip(1.2 - np.hypot(yy - 34, xx - 46) / 12, 0, 1).astype(np.float32)
     rec = Recurrence([0, 2], proposals=np.stack([left, right]), scores=np.array([0.7, 0.9]))
     run = Pass(classes=[0, 1, 2], background=[], prompts=["blur"], bg_factor=2.0)
-    out = build(settings(tiny_model, weights), "cpu")._finish(image, rec, run)
+    assert pass_of(rec, run) == CarPass(rec.proposals, [1, 3], [0.7, 0.9], 2.0)
+    out = car_pass_output(image, pass_of(rec, run), crf=True, parity=False)
     bg = (1 - np.maximum(left, right)) ** 2.0
     winner = dense_crf(image, np.stack([bg, left, right])).argmax(axis=0)
     assert np.array_equal(out.labels, np.select([winner == 1, winner == 2], [1, 3], 0))
@@ -450,23 +451,23 @@ def test_crf_runs_on_background_and_the_last_proposals(tiny_model: str, weights)
     assert set(out.probs) == {1, 3} and (out.labels == 3).any()
     # Parity: a trailing class that wins no pixel loses its mask and score (F.one_hot + zip).
     rec.proposals = np.stack([left, right * 0.01])
-    seg = build(settings(tiny_model, weights, parity=True), "cpu")
-    parity = seg._finish(image, rec, run)
+    parity = car_pass_output(image, pass_of(rec, run), True, True, "official")
     bg = (1 - np.maximum(left, right * 0.01)) ** 2.0
-    winner = dense_crf(seg._crf_image(image), np.stack([bg, left, right * 0.01])).argmax(axis=0)
+    official = car_crf_image(image, "official")
+    winner = dense_crf(official, np.stack([bg, left, right * 0.01])).argmax(axis=0)
     assert winner.max() == 1 and np.array_equal(parity.labels, (winner == 1).astype(np.int32))
     assert set(parity.scores) == {1}
-    fixed = build(settings(tiny_model, weights), "cpu")._finish(image, rec, run)
+    fixed = car_pass_output(image, pass_of(rec, run), crf=True, parity=False)
     assert not (fixed.labels == 3).any() and set(fixed.scores) == {1, 3}
 
 
-def test_parity_crf_image_wraps_like_the_official_uint8_cast(tiny_model: str, weights) -> None:
-    seg = build(settings(tiny_model, weights, parity=True), "cpu")
+def test_parity_crf_image_wraps_like_the_official_uint8_cast() -> None:
+    from autolabel.refine.finish import car_crf_image
+
     pixel = np.array([[[0, 200, 255]]], np.uint8)
     # BGR (255, 200, 0) minus (104.008, 116.669, 122.675) = (150.99, 83.33, -122.675)
-    assert seg._crf_image(pixel).tolist() == [[[150, 83, 134]]]
-    default = build(settings(tiny_model, weights), "cpu")
-    assert default._crf_image(pixel) is pixel
+    assert car_crf_image(pixel, "official").tolist() == [[[150, 83, 134]]]
+    assert car_crf_image(pixel, "rgb") is pixel
 
 
 def test_runs_through_the_cli(

@@ -372,3 +372,51 @@ def test_fixed_changed_and_removed_files_on_rerun(
     assert main(cli_args(paths, fresh)) == 0
     assert_same_outputs(out, fresh)
     assert not (out / "masks" / "gone.png").exists()
+
+
+def _children(pid: int) -> set[int]:
+    """The process ids a running process has started (Linux /proc)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def test_killing_an_overlapped_run_leaves_no_worker_and_resumes(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    """`--cpu-workers 1` with a CRF: SIGKILLed once its CRF worker is up and an image is saved,
+    its worker exits, and the resumed run writes what the serial loop writes."""
+    recipe = tmp_path / "crf.yaml"
+    recipe.write_text((setup["root"] / "tiny.yaml").read_text() + "  crf: true\n")
+
+    def args(out: Path, workers: str) -> list[str]:
+        base = cli_args(setup, out, "--cpu-workers", workers)
+        return [str(recipe) if a == str(setup["root"] / "tiny.yaml") else a for a in base]
+
+    assert main(args(tmp_path / "serial", "0")) == 0
+    out = tmp_path / "out"
+    records = out / ".autolabel" / "records.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", "from autolabel.cli import entry; entry()"]
+    proc = subprocess.Popen(
+        [*command, *args(out, "1")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    workers: set[int] = set()
+    while not (workers and records.exists() and records.stat().st_size > 0):
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the run never finished an image in its worker"
+        workers = _children(proc.pid)
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]:
+        if time.monotonic() > deadline:
+            for pid in alive:  # stopped by id so the session goes on; the test still fails
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"worker processes {alive} outlived the killed run")
+        time.sleep(0.05)
+    assert main(args(out, "1")) == 0
+    assert_same_outputs(out, tmp_path / "serial")

@@ -223,11 +223,11 @@ class FailsOnTallImages:
         self.name = "fast"
         self.calls = 0
 
-    def segment_batch(self, images: list[np.ndarray], vocab: object) -> list:
+    def forward_batch(self, images: list[np.ndarray], vocab: object) -> list:
         self.calls += 1
         if any(im.shape[0] > im.shape[1] for im in images):
             raise RuntimeError("CUDA out of memory (simulated)")
-        return self.inner.segment_batch(images, vocab)
+        return self.inner.forward_batch(images, vocab)
 
     def describe(self) -> dict:
         return self.inner.describe()

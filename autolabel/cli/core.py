@@ -87,6 +87,14 @@ def run(
         Literal["local", "ray"],
         typer.Option("--engine", help="Label in this process, or on a Ray cluster's workers."),
     ] = "local",
+    cpu_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--cpu-workers",
+            help="Local engine: processes running each image's CRF while the model works on the "
+            "next batch (default: one per core left, at most 4; 0: one image after another).",
+        ),
+    ] = None,
     ray_address: Annotated[
         str | None,
         typer.Option("--ray-address", help="Ray cluster (default: RAY_ADDRESS, else a new one)."),

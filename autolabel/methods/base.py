@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from autolabel.methods.settings import MethodSettings
+    from autolabel.refine.finish import Finish
 
 
 @dataclass
@@ -44,6 +45,10 @@ class Segmenter(Protocol):
 
     def segment_batch(self, images: list[np.ndarray], vocab: Vocabulary) -> list[SegResult]:
         """Segment each H x W x 3 uint8 RGB image into the vocabulary's classes."""
+        ...
+
+    def forward_batch(self, images: list[np.ndarray], vocab: Vocabulary) -> list[Finish]:
+        """segment_batch's model part: per image, the rest (CRF, label map) as a Finish."""
         ...
 
     def describe(self) -> dict[str, Any]:

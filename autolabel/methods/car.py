@@ -44,12 +44,9 @@ from autolabel.methods.settings import CaRSettings
 from autolabel.models import vit
 from autolabel.models.clip import ClipModel, load_clip
 from autolabel.models.precision import full_precision
-from autolabel.refine.crf import CRFParams, dense_crf
+from autolabel.refine.finish import CarFinish, CarPass
 from autolabel.vocab import VocabClass, Vocabulary
 
-# The official CRF feeds the bilateral kernel BGR minus this mean, wrapped to uint8 (CaR code:
-# modeling/model/crf.py, inherited from CLIP-ES, github.com/linyq2117/CLIP-ES).
-CRF_MEAN_BGR = (104.008, 116.669, 122.675)
 # What `autolabel tune` searches: eta / theta / lambda over the ranges of the paper's Table 5
 # and its per-dataset configs, and the prompt pairs its configs use (CaR code: configs/*.yaml).
 SEARCH_SPACE: dict[str, list[Any]] = {
@@ -312,16 +309,6 @@ class Pass:
     bg_factor: float
 
 
-@dataclass
-class PassOutput:
-    """A pass's result for one image: label map, class probabilities and scores."""
-
-    labels: np.ndarray  # H x W, 0 or class id
-    probs: dict[int, np.ndarray]  # class id -> CRF marginal
-    background: np.ndarray  # CRF background marginal
-    scores: dict[int, float]
-
-
 class CaRSegmenter:
     """The `car` method."""
 
@@ -367,14 +354,19 @@ class CaRSegmenter:
             out.append(Pass(stuff, thing_queries, s.stuff_visual_prompts, s.stuff_bg_factor))
         return out
 
-    @torch.no_grad()
     def segment_batch(self, images: list[np.ndarray], vocab: Vocabulary) -> list[SegResult]:
         """Segment each image; all images advance through the recurrence in lockstep."""
+        return [finish() for finish in self.forward_batch(images, vocab)]
+
+    @torch.no_grad()
+    def forward_batch(self, images: list[np.ndarray], vocab: Vocabulary) -> list[CarFinish]:
+        """The recurrence for each image; the CRF and the label map are left to the finish."""
         states = self.engine.prepare(images)
         outputs = [self._run_pass(images, states, vocab, p) for p in self.passes(vocab)]
+        s = self.settings
         return [
-            _assemble([o[i] for o in outputs], len(vocab), images[i].shape[:2])
-            for i in range(len(images))
+            CarFinish(image, [o[i] for o in outputs], len(vocab), s.crf, s.parity, s.crf_image)
+            for i, image in enumerate(images)
         ]
 
     def _cam_text(self, query: str, step: int) -> str:
@@ -385,7 +377,7 @@ class CaRSegmenter:
 
     def _run_pass(
         self, images: list[np.ndarray], states: list, vocab: Vocabulary, run: Pass
-    ) -> list[PassOutput]:
+    ) -> list[CarPass]:
         s = self.settings
         queries = [self.query(vocab.classes[i]) for i in run.classes]
         bg_texts = [s.cam_template.format(w) for w in run.background]
@@ -406,56 +398,13 @@ class CaRSegmenter:
             scores = self.engine.classify(prompted, texts)
             for i, cams, p in zip(active, proposals, scores, strict=True):
                 recs[i].advance(cams, np.diag(p), s.confidence_threshold, s.parity)
-        return [self._finish(images[i], rec, run) for i, rec in enumerate(recs)]
-
-    def _finish(self, image: np.ndarray, rec: Recurrence, run: Pass) -> PassOutput:
-        """Dense CRF over [background, last proposals] (unless crf is off); labels and scores of
-        the survivors."""
-        proposals = rec.proposals
-        bg = np.power(1 - proposals.max(axis=0, keepdims=True), run.bg_factor)
-        channels = np.concatenate([bg, proposals])
-        if self.settings.crf:
-            marginals = dense_crf(self._crf_image(image), channels, CRFParams())
-        else:  # the CRF's input, normalised per pixel: the same argmax without the pairwise terms
-            marginals = channels / np.maximum(channels.sum(axis=0, keepdims=True), 1e-8)
-        winner = marginals.argmax(axis=0)
-        pairs = len(rec.live)
-        if self.settings.parity:
-            # F.one_hot without num_classes keeps channels up to the largest label only, and
-            # zip() then drops the classes past it (CaR code: crf.py `PostProcess`, then
-            # `_forward_car`).
-            pairs = min(pairs, int(winner.max()))
-        labels = np.zeros(winner.shape, dtype=np.int32)
-        probs, scores = {}, {}
-        for j in range(pairs):
-            class_id = run.classes[rec.live[j]] + 1
-            labels[winner == j + 1] = class_id
-            probs[class_id] = marginals[j + 1]
-            scores[class_id] = float(rec.scores[j])
-        return PassOutput(labels, probs, marginals[0], scores)
-
-    def _crf_image(self, image: np.ndarray) -> np.ndarray:
-        if self.settings.crf_image == "rgb":
-            return image
-        shifted = image[:, :, ::-1].astype(np.float32) - np.array(CRF_MEAN_BGR, np.float32)
-        # astype(uint8) on negatives truncates toward zero and wraps modulo 256 on x86-64.
-        return (np.trunc(shifted).astype(np.int64) % 256).astype(np.uint8)
+        return [pass_of(rec, run) for rec in recs]
 
 
-def _assemble(outputs: list[PassOutput], num_classes: int, size: tuple[int, int]) -> SegResult:
-    """Merge passes: later passes (stuff) are painted first and the first (things) over them."""
-    labels = np.zeros(size, dtype=np.int32)
-    scores = np.zeros(num_classes, dtype=np.float32)
-    probs = np.zeros((num_classes + 1, *size), dtype=np.float32)
-    probs[0] = 1.0
-    for out in reversed(outputs):
-        painted = out.labels > 0
-        labels[painted] = out.labels[painted]
-        probs[0] = np.minimum(probs[0], out.background)
-        for class_id, marginal in out.probs.items():
-            probs[class_id] = marginal
-            scores[class_id - 1] = out.scores[class_id]
-    return SegResult(labels=labels, scores=scores, probs=probs)
+def pass_of(rec: Recurrence, run: Pass) -> CarPass:
+    """A finished recurrence as its finish takes it: the last proposals and the survivors."""
+    class_ids = [run.classes[q] + 1 for q in rec.live]
+    return CarPass(rec.proposals, class_ids, [float(x) for x in rec.scores], run.bg_factor)
 
 
 def build(settings: dict[str, Any] | CaRSettings, device: str) -> CaRSegmenter:

@@ -25,7 +25,7 @@ from autolabel.methods.settings import DenseSettings
 from autolabel.models.clip import ClipModel, load_clip
 from autolabel.models.precision import full_precision
 from autolabel.models.vit import last_block_input, naclip_patches
-from autolabel.refine.crf import CRFParams, dense_crf
+from autolabel.refine.finish import DenseFinish
 from autolabel.vocab import Vocabulary
 
 
@@ -53,9 +53,13 @@ class DenseCLIPSegmenter:
         prompts, owners = vocab.prompt_table()
         return self.clip.encode_templates(prompts, list(self.settings.templates)), owners
 
-    @torch.no_grad()
     def segment_batch(self, images: list[np.ndarray], vocab: Vocabulary) -> list[SegResult]:
         """Segment each image; all windows of the batch share forward passes."""
+        return [finish() for finish in self.forward_batch(images, vocab)]
+
+    @torch.no_grad()
+    def forward_batch(self, images: list[np.ndarray], vocab: Vocabulary) -> list[DenseFinish]:
+        """The model's part for each image: class probabilities at the image's size."""
         text, owners = self._text(vocab)
         window = self.settings.window or self.clip.image_size
         stride = self.settings.stride or max(1, window // 2)
@@ -80,7 +84,7 @@ class DenseCLIPSegmenter:
                 logits[index][:, y0:y1, x0:x1] += window_logits[:, : y1 - y0, : x1 - x0]
                 counts[index][y0:y1, x0:x1] += 1
         return [
-            self._result(lg / ct, owners, len(vocab), im)
+            self._finish(lg / ct, owners, len(vocab), im)
             for lg, ct, im in zip(logits, counts, images, strict=True)
         ]
 
@@ -112,9 +116,9 @@ class DenseCLIPSegmenter:
             sims = (feats @ text.float().T).transpose(1, 2).reshape(len(crops), -1, *grid)
             return F.interpolate(sims, size=crops.shape[-2:], mode="bilinear", align_corners=False)
 
-    def _result(
+    def _finish(
         self, logits: torch.Tensor, owners: list[int], classes: int, image: np.ndarray
-    ) -> SegResult:
+    ) -> DenseFinish:
         probs_all = (self.settings.logit_scale * logits).softmax(dim=0)
         owner = torch.tensor(owners, device=probs_all.device)
         # Channel 0 is the best background word (zeros when the vocabulary has none).
@@ -128,17 +132,11 @@ class DenseCLIPSegmenter:
         )
         size = image.shape[:2]
         probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
-        if self.settings.crf:
-            marginals = dense_crf(image, probs.cpu().numpy(), CRFParams())
-            probs = torch.from_numpy(marginals).to(probs.device)
-        labels = probs.argmax(dim=0)
-        if self.settings.prob_threshold > 0:
-            labels[probs[1:].amax(dim=0) < self.settings.prob_threshold] = 0
-        scores = probs[1:].flatten(1).amax(dim=1)
-        return SegResult(
-            labels=labels.cpu().numpy().astype(np.int32),
-            scores=scores.cpu().numpy().astype(np.float32),
-            probs=probs.cpu().numpy().astype(np.float32),
+        return DenseFinish(
+            image,
+            probs.float().cpu().numpy(),
+            self.settings.crf,
+            self.settings.prob_threshold,
         )
 
 

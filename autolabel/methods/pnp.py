@@ -31,7 +31,7 @@ from autolabel.methods.settings import PnPSettings
 from autolabel.models.blip import ItmModel, load_itm
 from autolabel.models.clip import ClipModel, load_clip
 from autolabel.models.zeroshot import clip_presence
-from autolabel.refine.crf import dense_crf
+from autolabel.refine.finish import PnPFinish, pnp_probs
 from autolabel.vocab import Vocabulary
 
 # What `autolabel tune` searches besides layer and head (which span the model): tau is the grid
@@ -235,6 +235,15 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
 def refine(maps: torch.Tensor, image: np.ndarray, cfg: PnPSettings) -> np.ndarray:
     """Class maps (k, P, P) -> probabilities (k+1, H, W), channel 0 background (updated code:
     threshold, upsampling, background, `blurring`, softmax, dense CRF)."""
+    channels, add_background = unaries(maps, image, cfg)
+    channels = pnp_probs(channels, image, cfg.crf)
+    if not add_background:  # no background channel: channel 0 can never win
+        channels = np.concatenate([np.zeros_like(channels[:1]), channels])
+    return channels
+
+
+def unaries(maps: torch.Tensor, image: np.ndarray, cfg: PnPSettings) -> tuple[np.ndarray, bool]:
+    """refine() up to the CRF: the CRF's input channels, and whether channel 0 is background."""
     height, width = image.shape[:2]
     # Relative threshold: min-max to [0, 1], keep pixels >= tau with their raw values (updated
     # code, Run_seg*.sh --threshold).
@@ -258,16 +267,7 @@ def refine(maps: torch.Tensor, image: np.ndarray, cfg: PnPSettings) -> np.ndarra
     channels = _minmax(torch.from_numpy(channels).flatten(1)).view(channels.shape).numpy()
     if cfg.softmax:
         channels = torch.from_numpy(channels).softmax(dim=0).numpy()
-    if cfg.crf is not None:
-        channels = dense_crf(image, channels, cfg.crf)
-    else:
-        # A pixel where every channel is zero gets a uniform distribution, as softmax gives it.
-        total = channels.sum(axis=0, keepdims=True)
-        uniform = np.float32(1.0 / len(channels))
-        channels = np.where(total > 0, channels / np.maximum(total, 1e-12), uniform)
-    if not add_background:  # no background channel: channel 0 can never win
-        channels = np.concatenate([np.zeros_like(channels[:1]), channels])
-    return channels
+    return channels, add_background
 
 
 # ---------------------------------------------------------------------- the method
@@ -326,6 +326,10 @@ class PnPSegmenter:
 
     def segment_batch(self, images: list[np.ndarray], vocab: Vocabulary) -> list[SegResult]:
         """Segment each image; all prompts of the batch share the forward/backward passes."""
+        return [finish() for finish in self.forward_batch(images, vocab)]
+
+    def forward_batch(self, images: list[np.ndarray], vocab: Vocabulary) -> list[PnPFinish]:
+        """The model's part for each image: the refined class maps, before the CRF."""
         cfg = self.cfg
         presence = clip_presence(self.clip, images, vocab) if self.clip is not None else None
         everything = list(range(len(vocab)))
@@ -359,7 +363,7 @@ class PnPSegmenter:
                 else torch.zeros(0, grid, grid)
             )
             scores = None if presence is None else presence[index]
-            results.append(self._result(stacked, classes, image, len(vocab), scores))
+            results.append(self._finish(stacked, classes, image, len(vocab), scores))
         return results
 
     def _pixels(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -374,33 +378,19 @@ class PnPSegmenter:
         std = torch.tensor(self.itm.std).view(1, 3, 1, 1)
         return ((x - mean) / std).to(self.itm.device)
 
-    def _result(
+    def _finish(
         self,
         maps: torch.Tensor,
         classes: list[int],
         image: np.ndarray,
         num_classes: int,
         presence: np.ndarray | None,
-    ) -> SegResult:
-        height, width = image.shape[:2]
-        probs = np.zeros((num_classes + 1, height, width), dtype=np.float32)
-        if not classes:
-            probs[0] = 1.0
-            labels = np.zeros((height, width), dtype=np.int32)
-        else:
-            local = refine(maps, image, self.cfg)
-            channel = np.array([0] + [c + 1 for c in classes])
-            probs[channel] = local
-            labels = channel[local.argmax(axis=0)].astype(np.int32)
-        if presence is not None:
-            scores = np.where(np.isin(np.arange(num_classes), classes), presence, 0.0)
-        else:
-            scores = probs[1:].reshape(num_classes, -1).max(axis=1)
-        return SegResult(
-            labels=labels,
-            scores=scores.astype(np.float32),
-            probs=probs,
-            extras={"prompt_classes": [c + 1 for c in classes]},
+    ) -> PnPFinish:
+        channels, add_background = (
+            unaries(maps, image, self.cfg) if classes else (np.zeros((0, 0, 0), np.float32), True)
+        )
+        return PnPFinish(
+            image, channels, add_background, self.cfg.crf, classes, num_classes, presence
         )
 
 
