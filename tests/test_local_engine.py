@@ -23,9 +23,9 @@ from autolabel.pipeline import Staged
 from autolabel.toyworld.export import write_dataset
 
 
-def _toy_folder(root: Path) -> tuple[Path, list[str]]:
-    """Five toy scenes, a corrupt file and an extreme strip (padded before segmentation)."""
-    write_dataset(root, 5, 4243, 96)
+def _toy_folder(root: Path, scenes: int = 5) -> tuple[Path, list[str]]:
+    """Toy scenes, a corrupt file and an extreme strip (padded before segmentation)."""
+    write_dataset(root, scenes, 4243, 96)
     images = root / "images"
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     strip = np.asarray(Image.open(next(images.glob("*.png"))))[:12]
@@ -66,7 +66,8 @@ def test_overlapped_run_writes_what_the_serial_loop_writes(tmp_path: Path, recip
 
 def test_the_crf_runs_beside_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While batch k's CRFs run in the workers, the model is already at batch k+1."""
-    images, names = _toy_folder(tmp_path / "scenes")
+    # Enough images that the model still runs once the worker has started, however slowly.
+    images, names = _toy_folder(tmp_path / "scenes", scenes=16)
     spans: dict[str, list[tuple[float, float]]] = {"model": [], "tail": []}
     real_build = api.build_segmenter
 
@@ -96,7 +97,7 @@ def test_the_crf_runs_beside_the_model(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(Labeler, "to_instances", to_instances)
     labeler = Labeler(names, recipe="toy", device="cpu")
     summary = labeler.label_folder(images, tmp_path / "out", cpu_workers=1)
-    assert summary.ok == 6 and len(spans["tail"]) == 6
+    assert summary.ok == 17 and len(spans["tail"]) == 17
     overlaps = [
         (t0, t1)
         for t0, t1 in spans["tail"]
