@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +159,8 @@ def test_heavy_tails_run_in_workers_and_light_ones_here() -> None:
 def test_a_dying_worker_costs_only_the_image_that_killed_it() -> None:
     tails = Tails(2)
     try:
+        warm = _staged("warm", Tail())  # workers have started: a later break is a dying worker
+        assert isinstance(tails.result("warm", warm, tails.submit("warm", warm)), SegResult)
         staged = {rel: _staged(rel, Tail(kill=rel == "poison")) for rel in ("a", "poison", "b")}
         futures = {rel: tails.submit(rel, s) for rel, s in staged.items()}
         results = {rel: tails.result(rel, staged[rel], futures[rel]) for rel in staged}
@@ -188,3 +192,24 @@ def test_default_workers_are_the_cores_the_model_leaves(monkeypatch: pytest.Monk
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert default_workers("cpu") == 0 and default_workers("cuda") == 1
+
+
+def test_a_script_without_the_main_guard_still_labels_everything(tmp_path: Path) -> None:
+    """Workers re-run an unguarded script and die before their first CRF: the run goes on with
+    the CRFs in the main process, says why, and loses no image."""
+    images, names = _toy_folder(tmp_path / "scenes")
+    out = tmp_path / "out"
+    script = tmp_path / "label.py"
+    script.write_text(
+        "from autolabel import Labeler\n"
+        f"labeler = Labeler({names!r}, recipe='toy', device='cpu')\n"
+        f"summary = labeler.label_folder({str(images)!r}, {str(out)!r}, cpu_workers=1)\n"
+        "print('OK', summary.ok, ' | '.join(summary.warnings))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("OK")]
+    assert line.startswith("OK 6 ") and "CRF worker processes could not start" in line
+    assert len(list((out / "masks").rglob("*.png"))) == 6

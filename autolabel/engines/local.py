@@ -81,7 +81,7 @@ def process(
     with ExitStack() as stack:
         decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="autolabel-decode")
         writer = ThreadPoolExecutor(1, thread_name_prefix="autolabel-write")
-        tails = Tails(workers)
+        tails = Tails(workers, warnings)
         for pool in (decoder, writer, tails):  # on any exit: queued work dropped, none left running
             stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         decoded: deque[list[Future]] = deque()
@@ -148,17 +148,22 @@ class Tails:
 
     A worker that dies (killed, out of memory) breaks the pool: a fresh one takes over, each
     image in flight is tried once more there, and an image whose second try breaks it too is
-    reported as failed, so one poisonous image cannot stop the run.
+    reported as failed, so one poisonous image cannot stop the run. If the pool breaks before
+    any worker has finished a tail, workers cannot start here (a script without the __main__
+    guard re-runs itself in them): the tails run in this process from then on, with a warning.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, warnings: list[str] | None = None) -> None:
         self.workers = workers
+        self.warnings = [] if warnings is None else warnings
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._finished = 0  # tails a worker has returned
+        self._here = False  # workers could not start: every tail runs in this process
 
     def submit(self, rel: str, staged: Staged) -> Future | None:
-        """Start an image's tail in a worker (None: the tail is light and runs in result)."""
-        if not staged.finish.heavy:
+        """Start an image's tail in a worker (None: it runs in result, in this process)."""
+        if not staged.finish.heavy or self._here:
             return None
         return self._submit(rel, staged)
 
@@ -167,14 +172,26 @@ class Tails:
         if future is None:
             return complete(rel, staged.finish, staged.box)
         try:
-            return future.result()
-        except BrokenProcessPool:
-            pass
+            return self._returned(future)
+        except BrokenProcessPool as exc:
+            if self._finished == 0 and not self._here:
+                self._here = True
+                self.warnings.append(
+                    f"CRF worker processes could not start ({exc}); the CRFs ran in the main "
+                    'process (a script that labels folders needs `if __name__ == "__main__":`)'
+                )
+            if self._here:
+                return complete(rel, staged.finish, staged.box)
         try:
-            return self._submit(rel, staged).result()
+            return self._returned(self._submit(rel, staged))
         except BrokenProcessPool as exc:
             reason = f"segmentation failed: the process running its CRF died twice ({exc})"
             return ImageError(rel, reason, "segment")
+
+    def _returned(self, future: Future) -> Any:
+        result = future.result()
+        self._finished += 1
+        return result
 
     def _submit(self, rel: str, staged: Staged) -> Future:
         with self._lock:  # the model's thread submits, the writer resubmits
