@@ -113,6 +113,11 @@ def test_usage_errors_before_anything_is_written(
     assert "nosuch://bucket/out" in capsys.readouterr().err
     assert main([*args, "-o", str(tmp_path / "o"), "--workers", "2"]) == 2
     assert "--workers is an option of --engine ray" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "o"), "--cpu-workers", "-1"]) == 2
+    assert "--cpu-workers must be a whole number >= 0" in capsys.readouterr().err
+    ray = ["--engine", "ray", "--cpu-workers", "2"]
+    assert main([*args, "-o", str(tmp_path / "o"), *ray]) == 2
+    assert "--cpu-workers is an option of --engine local" in capsys.readouterr().err
     assert main([*args, "-o", "memory://out", "--storage-options", "[1]"]) == 2
     assert "--storage-options" in capsys.readouterr().err
     with pytest.raises(UsageError, match="memory://nothing: not a folder of images"):
