@@ -218,13 +218,19 @@ KILL_POINTS = {
 }
 
 
+@pytest.mark.parametrize("workers", ["0", "1"], ids=["serial", "overlapped"])
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_sigkill_then_resume_matches_an_unbroken_run(
-    point: str, setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    point: str,
+    workers: str,
+    setup: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "out"
+    args = cli_args(setup, out, "--cpu-workers", workers)
     install, count = KILL_POINTS[point]
-    run_killed(cli_args(setup, out), install, count)
+    run_killed(args, install, count)
     lines = record_lines(out)
     # The crash left the state each point is about.
     if point == "after-2-records":
@@ -232,7 +238,8 @@ def test_sigkill_then_resume_matches_an_unbroken_run(
     elif point == "torn-4th-record":
         assert len(lines) == 4 and not lines[-1].endswith(b"\n")
     elif point == "half-written-5th-mask":
-        assert len(lines) == 4 and temp_files(out)
+        # Overlapped, the writer thread may be up to two batches ahead of the records.
+        assert (len(lines) == 4 if workers == "0" else 2 <= len(lines) <= 4) and temp_files(out)
     elif point == "mid-annotations-json":
         assert len(lines) == IMAGES and temp_files(out)
         assert not (out / "annotations.json").exists()
@@ -241,7 +248,7 @@ def test_sigkill_then_resume_matches_an_unbroken_run(
     done_before = sum(1 for line in lines if line.endswith(b"\n"))
     capsys.readouterr()
 
-    assert main(cli_args(setup, out)) == 0
+    assert main(args) == 0
     text = capsys.readouterr().out
     assert f"{IMAGES} images labelled" in text
     assert f"({done_before} already done before this run)" in text or done_before == 0

@@ -82,7 +82,9 @@ def process(
         decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="autolabel-decode")
         writer = ThreadPoolExecutor(1, thread_name_prefix="autolabel-write")
         tails = Tails(workers, warnings)
-        for pool in (decoder, writer, tails):  # on any exit: queued work dropped, none left running
+        # On any exit queued work is dropped and nothing is left running; callbacks run last
+        # first, so the writer stops before the workers whose results it may be waiting for.
+        for pool in (tails, decoder, writer):
             stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         decoded: deque[list[Future]] = deque()
         written: deque[Future] = deque()
