@@ -265,13 +265,15 @@ class Labeler:
         resume: bool = True,
         overwrite: bool = False,
         batch_size: int = 1,
-        cpu_workers: int | None = None,
+        cpu_workers: int | None = 0,
         progress: Callable[[int, int, int], None] | None = None,
     ) -> RunSummary:
         """Label a folder into `out` exactly as `autolabel run` does; returns the run summary.
 
-        `cpu_workers`: processes running the CRFs beside the model (None: one per spare core,
-        at most 4; 0: the serial loop), as `autolabel run --cpu-workers`.
+        `cpu_workers`: processes running the CRFs beside the model, as `autolabel run
+        --cpu-workers` (None: its default, one per spare core). 0 by default here, as torch's
+        DataLoader has no workers by default: spawned workers re-run the calling script, which
+        then needs the `if __name__ == "__main__":` guard. The outputs are the same either way.
         """
         from autolabel.io.storage import location
         from autolabel.runner import run_job
