@@ -12,6 +12,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -230,31 +231,31 @@ class Labeler:
 
     def label_loaded(self, images: list[LoadedImage]) -> dict[str, Instances | ImageError]:
         """Label decoded images as one batch; results keyed by entry.rel, failures as values."""
-        from autolabel.models.precision import autocast
-
         segmenter = self.load()
-        # One region for the method and SAM; the methods keep their fragile parts in fp32.
-        with autocast(self._torch_device, self.precision_used):
+        with self._autocast():
             return label_loaded(
                 segmenter, images, self.vocabulary, self.max_side, self.min_area, self._refiner
             )
 
     def run_model(self, images: list[LoadedImage]) -> dict[str, Staged | ImageError]:
         """label_loaded's model part alone (the local engine overlaps the rest with it)."""
-        from autolabel.models.precision import autocast
-
         segmenter = self.load()
-        with autocast(self._torch_device, self.precision_used):
+        with self._autocast():
             return run_model(segmenter, images, self.vocabulary, self.max_side)
 
     def to_instances(
         self, staged: Staged, result: SegResult | ImageError
     ) -> Instances | ImageError:
         """label_loaded's last part: SAM (if the run has it) and the instances of one image."""
+        with self._autocast():
+            return to_instances(staged, result, self.vocabulary, self.min_area, self._refiner)
+
+    def _autocast(self) -> AbstractContextManager:
+        """The run's precision around the method and SAM (autocast is per thread, so each thread
+        that runs either enters it); the methods keep their fragile parts in fp32."""
         from autolabel.models.precision import autocast
 
-        with autocast(self._torch_device, self.precision_used):
-            return to_instances(staged, result, self.vocabulary, self.min_area, self._refiner)
+        return autocast(self._torch_device, self.precision_used)
 
     def label_folder(
         self,

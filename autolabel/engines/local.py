@@ -69,7 +69,7 @@ def process(
     warnings: list[str],
 ) -> Iterator[dict[str, Any]]:
     """Yield one finished record per entry, in order (overlapped unless cpu_workers is 0)."""
-    workers = check_workers(config.cpu_workers)
+    workers = config.cpu_workers  # checked by runner.check_engine before the run started
     if workers is None:
         workers = default_workers(labeler.device_type)
     batches = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]

@@ -236,10 +236,7 @@ def refine(maps: torch.Tensor, image: np.ndarray, cfg: PnPSettings) -> np.ndarra
     """Class maps (k, P, P) -> probabilities (k+1, H, W), channel 0 background (updated code:
     threshold, upsampling, background, `blurring`, softmax, dense CRF)."""
     channels, add_background = unaries(maps, image, cfg)
-    channels = pnp_probs(channels, image, cfg.crf)
-    if not add_background:  # no background channel: channel 0 can never win
-        channels = np.concatenate([np.zeros_like(channels[:1]), channels])
-    return channels
+    return pnp_probs(channels, image, cfg.crf, add_background)
 
 
 def unaries(maps: torch.Tensor, image: np.ndarray, cfg: PnPSettings) -> tuple[np.ndarray, bool]:

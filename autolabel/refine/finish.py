@@ -176,14 +176,21 @@ class CarFinish:
         return car_assemble(outputs, self.num_classes, self.image.shape[:2])
 
 
-def pnp_probs(channels: np.ndarray, image: np.ndarray, crf: CRFParams | None) -> np.ndarray:
+def pnp_probs(
+    channels: np.ndarray, image: np.ndarray, crf: CRFParams | None, add_background: bool
+) -> np.ndarray:
     """PnP's last refinement step: the dense CRF, or (without one) a per-pixel normalisation in
-    which a pixel where every channel is zero gets a uniform distribution, as softmax gives it."""
+    which a pixel where every channel is zero gets a uniform distribution, as softmax gives it;
+    channel 0 is background (all zero when the channels have none)."""
     if crf is not None:
-        return dense_crf(image, channels, crf)
-    total = channels.sum(axis=0, keepdims=True)
-    uniform = np.float32(1.0 / len(channels))
-    return np.where(total > 0, channels / np.maximum(total, 1e-12), uniform)
+        probs = dense_crf(image, channels, crf)
+    else:
+        total = channels.sum(axis=0, keepdims=True)
+        uniform = np.float32(1.0 / len(channels))
+        probs = np.where(total > 0, channels / np.maximum(total, 1e-12), uniform)
+    if not add_background:  # no background channel: channel 0 can never win
+        probs = np.concatenate([np.zeros_like(probs[:1]), probs])
+    return probs
 
 
 @dataclass
@@ -211,9 +218,7 @@ class PnPFinish:
             probs[0] = 1.0
             labels = np.zeros((height, width), dtype=np.int32)
         else:
-            local = pnp_probs(self.channels, self.image, self.crf)
-            if not self.add_background:  # no background channel: channel 0 can never win
-                local = np.concatenate([np.zeros_like(local[:1]), local])
+            local = pnp_probs(self.channels, self.image, self.crf, self.add_background)
             channel = np.array([0] + [c + 1 for c in self.classes])
             probs[channel] = local
             labels = channel[local.argmax(axis=0)].astype(np.int32)
