@@ -257,26 +257,79 @@ def test_training_commands_refuse_zero_steps_before_writing(command: str, tmp_pa
     assert not out.exists()
 
 
-def test_train_sam_trains_every_part_and_is_deterministic(tmp_path: Path) -> None:
-    """Two steps move the image encoder, prompt encoder and mask decoder alike (transformers'
-    get_image_embeddings runs under no_grad and once froze the encoder), and a rerun with the
-    same seed writes the same weights."""
+def test_train_sam_refuses_a_folder_that_is_no_coarse_stage_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model"
+    shipped = Path(__file__).parent.parent / "autolabel" / "assets" / "toy_sam"
+    for coarse, problem in ((tmp_path / "missing", "not a coarse toy SAM"), (shipped, "4 px")):
+        assert main(["toyworld", "train-sam", str(out), "--coarse", str(coarse)]) == 2
+        assert problem in capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_train_sam_trains_every_part_in_both_stages_and_is_deterministic(tmp_path: Path) -> None:
+    """Each stage moves the image encoder, prompt encoder and mask decoder alike (transformers'
+    get_image_embeddings runs under no_grad and once froze the encoder); a rerun with the same
+    seed writes the same weights, and so does sharpening the first run's coarse stage again."""
     import torch
     from safetensors.torch import load_file
     from transformers import SamModel
 
-    from autolabel.toyworld.train_sam import SamTrainSettings, toy_sam_config, train_sam
+    from autolabel.toyworld.train_sam import (
+        COARSE_PATCH,
+        PATCH,
+        SamTrainSettings,
+        sharpen,
+        toy_sam_config,
+        train_sam,
+    )
 
-    settings = SamTrainSettings(steps=2, batch_size=2, prompts=2, warmup=1)
+    settings = SamTrainSettings(
+        steps=2, batch_size=2, prompts=2, warmup=1, fine_steps=2, fine_prompts=2, fine_warmup=1
+    )
     for out in (tmp_path / "a", tmp_path / "b"):
         train_sam(settings, out, log=lambda line: None)
-    a, b = (
-        load_file(tmp_path / "a" / "model.safetensors"),
-        load_file(tmp_path / "b" / "model.safetensors"),
-    )
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    train_sam(settings, tmp_path / "c", log=lambda line: None, coarse=tmp_path / "a" / "coarse")
+    a, b, c = (load_file(tmp_path / run / "model.safetensors") for run in "abc")
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
+    assert SamModel.from_pretrained(tmp_path / "a").config.vision_config.patch_size == PATCH
+    record = json.loads((tmp_path / "a" / "training.json").read_text())["final"]
+    assert record["wall_minutes"] > record["fine"]["wall_minutes"] > 0
+
     torch.manual_seed(settings.seed)
-    initial = SamModel(toy_sam_config()).state_dict()
-    for part in ("vision_encoder.layers.0.", "prompt_encoder.", "mask_decoder."):
-        moved = [k for k in a if k.startswith(part) and not torch.equal(a[k], initial[k])]
-        assert moved, part
+    starts = {
+        "coarse": SamModel(toy_sam_config(COARSE_PATCH)).state_dict(),
+        ".": sharpen(SamModel.from_pretrained(tmp_path / "a" / "coarse")).state_dict(),
+    }
+    for stage, initial in starts.items():
+        trained = load_file(tmp_path / "a" / stage / "model.safetensors")
+        for part in ("vision_encoder.layers.0.", "prompt_encoder.", "mask_decoder."):
+            moved = [
+                k for k in trained if k.startswith(part) and not torch.equal(trained[k], initial[k])
+            ]
+            assert moved, (stage, part)
+
+
+def test_sharpen_sees_each_scene_as_the_coarse_model_sees_it_at_twice_the_size() -> None:
+    import torch
+    from transformers import SamModel
+
+    from autolabel.toyworld.train_sam import COARSE_PATCH, sharpen, toy_sam_config
+
+    torch.manual_seed(0)
+    coarse = SamModel(toy_sam_config(COARSE_PATCH))
+    fine = sharpen(coarse)
+    image = torch.rand(1, 3, 128, 128)
+    twice = torch.nn.functional.interpolate(image, scale_factor=2, mode="nearest")
+    embed = fine.vision_encoder.patch_embed.projection(image)
+    assert torch.allclose(embed, coarse.vision_encoder.patch_embed.projection(twice), atol=1e-5)
+    # A relative distance of d coarse tokens is 2d fine ones, in windowed and global blocks.
+    old = coarse.vision_encoder.layers[0].attn.rel_pos_h  # 31 rows: distances -15..15
+    windowed, full = (fine.vision_encoder.layers[i].attn.rel_pos_h for i in (0, 1))
+    assert (len(windowed), len(full)) == (15, 63)  # distances -7..7 and -31..31
+    for table in (windowed, full):
+        centre = len(table) // 2
+        for d in (-3, 1, 3):
+            assert torch.allclose(table[centre + 2 * d], old[15 + d])
+    assert torch.allclose(full[0], old[0]) and torch.allclose(full[-1], old[-1])

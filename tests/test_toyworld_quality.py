@@ -82,9 +82,9 @@ def test_method_quality_on_unseen_scenes(method: str, scenes: Path, tmp_path: Pa
     assert result["presence"]["f1"] >= floor["f1"], (method, result["presence"])
 
 
-# CaR + SAM with the toy SAM (issue 13), on scenes of a seed no toy model was trained on. With
-# the retrained toy SAM, SAM splits touching same-class pairs and raises mask AP, but its edges
-# are softer than the CRF's, so mIoU falls more than the issue allows (0.01); see the README.
+# CaR + SAM with the toy SAM (issue 13), on scenes of a seed no toy model was trained on. SAM
+# splits touching same-class pairs and raises mask AP; its edges are still a little softer than
+# the CRF's, so mIoU falls by more than the issue allows (0.01); see the README.
 # These floors pin what the SAM stage gives today, a little below the measured values.
 SAM_SEED = 4243
 SAM_SCENES = 8
@@ -94,9 +94,10 @@ SAM_SCENES = 8
 SAM_RECALL = {"measured": 21 / 21, "floor": 0.9}
 # car on the first 12 scenes of SAM_SEED (6 touching same-class pairs), --refine crf+sam against
 # the connected components of the same run's label map, and its mIoU against --refine crf:
-# measured AP 0.667 vs 0.600, 5 of 6 pairs split, mIoU 0.747 vs 0.787.
+# measured AP 0.725 vs 0.640, 5 of 6 pairs split, mIoU 0.766 vs 0.787 (with the coarse toy SAM,
+# before it was sharpened: AP 0.667 vs 0.600, 5 of 6, mIoU 0.747).
 SAM_RUN_SCENES = 12
-SAM_RUN = {"ap_gain": 0.04, "split": 0.6, "miou_loss": 0.06}
+SAM_RUN = {"ap_gain": 0.06, "split": 0.8, "miou_loss": 0.03}
 
 
 @pytest.fixture(scope="module")

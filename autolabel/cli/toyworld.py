@@ -65,14 +65,24 @@ def train_sam(
     seed: int = typer.Option(0, "--seed", help="Seed for scenes, initialisation and prompts."),
     steps: int = typer.Option(None, "--steps", help="Optimiser steps (default: as shipped)."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch."),
+    coarse: Path | None = typer.Option(
+        None,
+        "--coarse",
+        help="A coarse-stage model trained before (a train-sam folder's coarse/): skip that "
+        "stage and only sharpen it.",
+    ),
 ) -> None:
-    """Train the toy SAM from scratch, as the bundled one was trained."""
-    from autolabel.toyworld.train_sam import SamTrainSettings
+    """Train the toy SAM from scratch, as the bundled one was trained (coarse, then sharpened)."""
+    from autolabel.toyworld.train_sam import SamTrainSettings, check_coarse
     from autolabel.toyworld.train_sam import train_sam as run_training
 
     settings = SamTrainSettings(seed=seed, threads=threads)
     _set_steps(settings, steps)
-    run_training(settings, out, log=lambda line: console.print(line, highlight=False))
+    if coarse is not None:
+        check_coarse(coarse)
+    run_training(
+        settings, out, log=lambda line: console.print(line, highlight=False), coarse=coarse
+    )
     console.print(
         f"use it with: autolabel run IMAGES --vocab V --model toy --refine crf+sam "
         f"--sam-model {out}",
