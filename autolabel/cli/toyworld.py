@@ -73,13 +73,11 @@ def train_sam(
     ),
 ) -> None:
     """Train the toy SAM from scratch, as the bundled one was trained (coarse, then sharpened)."""
-    from autolabel.toyworld.train_sam import SamTrainSettings, check_coarse
+    from autolabel.toyworld.train_sam import SamTrainSettings
     from autolabel.toyworld.train_sam import train_sam as run_training
 
     settings = SamTrainSettings(seed=seed, threads=threads)
     _set_steps(settings, steps)
-    if coarse is not None:
-        check_coarse(coarse)
     run_training(
         settings, out, log=lambda line: console.print(line, highlight=False), coarse=coarse
     )

@@ -40,6 +40,7 @@ from autolabel.toyworld.scenes import make_scene
 
 PATCH = 4  # the shipped model: 32 x 32 image embedding, 128 x 128 masks for a 128 px scene
 COARSE_PATCH = 8  # the first stage: 16 x 16 embedding, 64 x 64 masks
+MINUTES = ("cpu_minutes", "wall_minutes")  # each stage's time, in training.json
 BACKGROUND_PROMPT = 0.15  # share of point prompts put on the background
 
 
@@ -208,7 +209,7 @@ def _fit(
     out: Path,
 ) -> dict[str, float]:
     """Train a model in place for one stage (steps, prompts, lr, warmup, first scene index) and
-    save it to out/ (model, processor, training.json); returns its final losses and time."""
+    save it to out/ (model and processor); returns its final losses and time."""
     steps, prompts, lr, warmup, first_scene = stage
     start, cpu_start = time.time(), time.process_time()
     processor = toy_sam_processor()
@@ -280,18 +281,21 @@ def _fit(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     toy_sam_processor(model.config.vision_config.patch_size).save_pretrained(out)
-    atomic_write_json(out / "training.json", {"settings": asdict(settings), "final": final})
     return final
 
 
-def check_coarse(folder: Path) -> None:
-    """UsageError unless folder holds a coarse-stage toy SAM as train-sam saves it."""
+def check_coarse(folder: Path) -> dict[str, Any]:
+    """The training record of a coarse-stage toy SAM as train-sam saves it (UsageError if the
+    folder holds none)."""
     from autolabel.errors import UsageError
 
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        json.loads((folder / "training.json").read_text(encoding="utf-8"))["final"]
         patch = config["vision_config"]["patch_size"]
+        record = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+        for section, keys in (("settings", ("steps", "batch_size")), ("final", MINUTES)):
+            if not all(isinstance(record[section][k], int | float) for k in keys):
+                raise ValueError(f"training.json: {section} without numbers for {keys}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(
             f"--coarse {folder}: not a coarse toy SAM saved by train-sam ({exc}); "
@@ -302,6 +306,7 @@ def check_coarse(folder: Path) -> None:
             f"--coarse {folder}: its patches are {patch} px, the coarse stage's are "
             f"{COARSE_PATCH} px (the coarse/ folder of a train-sam output, not the model itself)"
         )
+    return record
 
 
 def train_sam(
@@ -321,13 +326,16 @@ def train_sam(
         log("coarse stage: 8 px patches")
         model = SamModel(toy_sam_config(COARSE_PATCH))
         stage = (settings.steps, settings.prompts, settings.lr, settings.warmup, 0)
-        _fit(model, settings, stage, np.random.default_rng(settings.seed), log, coarse)
+        losses = _fit(model, settings, stage, np.random.default_rng(settings.seed), log, coarse)
+        first_record = {"settings": asdict(settings), "final": losses}
+        atomic_write_json(coarse / "training.json", first_record)
     else:
+        first_record = check_coarse(coarse)
         model = SamModel.from_pretrained(coarse)
-    first_record = json.loads((coarse / "training.json").read_text(encoding="utf-8"))
     log("sharpened stage: 4 px patches")
     model = sharpen(model)
-    first = settings.steps * settings.batch_size  # scenes the coarse stage never saw
+    trained = first_record["settings"]
+    first = trained["steps"] * trained["batch_size"]  # scenes the coarse stage never saw
     stage = (
         settings.fine_steps,
         settings.fine_prompts,
@@ -338,7 +346,7 @@ def train_sam(
     # Its own prompt stream: the same whether the coarse stage ran here or before.
     rng = np.random.default_rng([settings.seed, 1])
     fine = _fit(model, settings, stage, rng, log, out)
-    total = {k: first_record["final"][k] + fine[k] for k in ("cpu_minutes", "wall_minutes")}
+    total = {k: first_record["final"][k] + fine[k] for k in MINUTES}
     final = {"coarse": first_record["final"], "fine": fine, **total}
     atomic_write_json(out / "training.json", {"settings": asdict(settings), "final": final})
     return final
