@@ -105,6 +105,49 @@ def test_a_replaced_class_takes_the_sam_union_and_loses_what_it_does_not_cover()
     assert len(refined.extras["objects"]) == 1
 
 
+def _two_touching_classes() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Class 1 (cols 2-9) touching class 2 (cols 10-17); a SAM mask of class 1 that spills over
+    3 columns of class 2 (IoM 80/110 > 0.7, 30/80 of class 2) and one of class 2 alone."""
+    labels = np.zeros((20, 20), np.int32)
+    one, two = box(2, 2, 12, 10), box(2, 10, 12, 18)
+    labels[one], labels[two] = 1, 2
+    spill = box(2, 2, 12, 13)
+    return labels, one, two, spill
+
+
+@pytest.mark.parametrize("two_replaced", [True, False])
+def test_a_spilling_sam_mask_does_not_take_pixels_the_method_gave_another_class(two_replaced):
+    labels, one, two, spill = _two_touching_classes()
+    # Class 1 scores higher: the official paint order would give it class 2's 30 pixels.
+    result = SegResult(labels, np.array([0.9, 0.6], np.float32))
+    masks = np.stack([spill, two]) if two_replaced else spill[None]
+    chosen, replace = match(masks, labels == 1, SETTINGS)
+    assert chosen.tolist() == [0] and replace  # IoU(spill, class 1) = 80/110
+    refined = refine_with_sam(result, masks, np.full(len(masks), 0.9), SETTINGS)
+    assert (refined.labels == labels).all()
+    objects = refined.extras["objects"]
+    assert len(objects) == 1 + two_replaced
+    assert objects[-1].class_id == 1 and np.array_equal(objects[-1].mask, one)
+
+
+def test_pixels_two_classes_claim_go_to_the_methods_class_else_to_the_higher_score():
+    labels = np.zeros((20, 20), np.int32)
+    labels[box(2, 2, 12, 10)], labels[box(2, 10, 12, 13)] = 1, 2  # col 13 missed by the method
+    wide_one, wide_two = box(2, 2, 12, 11), box(2, 10, 12, 14)  # both claim col 10
+    loose = SETTINGS.model_copy(update={"matching_thresh": 0.4})
+    for scores in ([0.9, 0.6], [0.6, 0.9]):
+        result = SegResult(labels, np.array(scores, np.float32))
+        refined = refine_with_sam(result, np.stack([wide_one, wide_two]), np.ones(2), loose)
+        assert (refined.labels[2:12, 13] == 2).all()  # claimed by class 2 alone: SAM's shape
+        assert (refined.labels[2:12, 10] == 2).all()  # both claim it; the method said 2
+        assert (refined.labels[2:12, 2:10] == 1).all()
+    labels[2:12, 10] = 0  # the method gave col 10 to neither: the higher score takes it
+    for scores, winner in (([0.9, 0.6], 1), ([0.6, 0.9], 2)):
+        result = SegResult(labels, np.array(scores, np.float32))
+        refined = refine_with_sam(result, np.stack([wide_one, wide_two]), np.ones(2), loose)
+        assert (refined.labels[2:12, 10] == winner).all()
+
+
 def test_point_grid_is_sams_cell_centres():
     grid = point_grid(2, (10, 20))
     assert grid.tolist() == [[5.0, 2.5], [15.0, 2.5], [5.0, 7.5], [15.0, 7.5]]

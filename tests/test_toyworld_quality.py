@@ -83,8 +83,7 @@ def test_method_quality_on_unseen_scenes(method: str, scenes: Path, tmp_path: Pa
 
 
 # CaR + SAM with the toy SAM (issue 13), on scenes of a seed no toy model was trained on. SAM
-# splits touching same-class pairs and raises mask AP; its edges are still a little softer than
-# the CRF's, so mIoU falls by more than the issue allows (0.01); see the README.
+# splits touching same-class pairs and raises mask AP, and keeps mIoU within 0.01 of the CRF.
 # These floors pin what the SAM stage gives today, a little below the measured values.
 SAM_SEED = 4243
 SAM_SCENES = 8
@@ -92,12 +91,18 @@ SAM_SCENES = 8
 # generator settings), measured on these 8 scenes: 21 of 21 (11 of 21 with the SAM trained with
 # a frozen image encoder).
 SAM_RECALL = {"measured": 21 / 21, "floor": 0.9}
-# car on the first 12 scenes of SAM_SEED (6 touching same-class pairs), --refine crf+sam against
-# the connected components of the same run's label map, and its mIoU against --refine crf:
-# measured AP 0.725 vs 0.640, 5 of 6 pairs split, mIoU 0.766 vs 0.787 (with the coarse toy SAM,
-# before it was sharpened: AP 0.667 vs 0.600, 5 of 6, mIoU 0.747).
+# The first 12 scenes of SAM_SEED (6 touching same-class pairs), --refine crf+sam: mask AP
+# against the connected components of the same run's label map, pairs split, and mIoU against
+# --refine crf. Measured: car AP 0.721 vs 0.644, 5 of 6 split, mIoU 0.780 vs 0.787; fast AP
+# 0.849 vs 0.773, 4 of 6, mIoU 0.946 vs 0.943. Before the method's label decided the pixels two
+# classes' masks claim (and with car's iom_thres 0.7): car mIoU 0.766; with the coarse toy SAM,
+# before it was sharpened: car AP 0.667 vs 0.600, 5 of 6, mIoU 0.747. The 40-scene figures are
+# in the README.
 SAM_RUN_SCENES = 12
-SAM_RUN = {"ap_gain": 0.06, "split": 0.8, "miou_loss": 0.03}
+SAM_RUN = {
+    "car": {"ap_gain": 0.06, "split": 0.8, "miou_loss": 0.015},
+    "fast": {"ap_gain": 0.06, "split": 0.6, "miou_loss": 0.01},
+}
 
 
 @pytest.fixture(scope="module")
@@ -125,12 +130,14 @@ def test_toy_sam_masks_find_the_objects(sam_scenes: Path) -> None:
     assert found / total >= SAM_RECALL["floor"], (found, total)
 
 
-def test_crf_sam_splits_touching_pairs_and_raises_mask_ap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", sorted(SAM_RUN))
+def test_crf_sam_splits_touching_pairs_and_raises_mask_ap(method: str, tmp_path: Path) -> None:
+    floors = SAM_RUN[method]
     scenes = make_scenes(tmp_path / "scenes", SAM_RUN_SCENES, SAM_SEED)
-    crf = score("car", scenes, tmp_path / "crf", refine="crf")
-    sam = score("car", scenes, tmp_path / "sam", refine="crf+sam")
+    crf = score(method, scenes, tmp_path / "crf", refine="crf")
+    sam = score(method, scenes, tmp_path / "sam", refine="crf+sam")
     assert sam["split"]["pairs"] == 6 and crf["split"]["split"] == 0
-    assert sam["split"]["fraction"] >= SAM_RUN["split"], sam["split"]
+    assert sam["split"]["fraction"] >= floors["split"], sam["split"]
     gain = sam["instances"]["ap"] - sam["components"]["ap"]
-    assert gain >= SAM_RUN["ap_gain"], (sam["instances"]["ap"], sam["components"]["ap"])
-    assert sam["miou"] >= crf["miou"] - SAM_RUN["miou_loss"], (sam["miou"], crf["miou"])
+    assert gain >= floors["ap_gain"], (sam["instances"]["ap"], sam["components"]["ap"])
+    assert sam["miou"] >= crf["miou"] - floors["miou_loss"], (sam["miou"], crf["miou"])

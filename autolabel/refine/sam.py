@@ -9,8 +9,9 @@ class mask M:
 - keep the SAM masks with IoM > iom_thres, or the single best one when none passes;
 - U = their union; U replaces M when IoU(U, M) > matching_thresh, else M stays.
 The automatic masks come from SAM's point grid with the official generator's filters
-(`automatic_masks`). Pure numpy apart from the SAM calls; the matching is testable on hand-made
-masks.
+(`automatic_masks`). Where two classes' final masks overlap this code departs from the official
+paint order (see `refine_with_sam`). Pure numpy apart from the SAM calls; the matching is
+testable on hand-made masks.
 """
 
 from __future__ import annotations
@@ -135,24 +136,34 @@ def refine_with_sam(
 ) -> SegResult:
     """Replace the class masks that SAM's masks match; the matched masks travel as objects.
 
-    Classes are painted by presence score ascending (the official order), so a higher-scored
-    class wins pixels two replacements both claim; pixels a replaced class lost go to background.
+    Each class ends with one mask: SAM's union where it replaces the class mask, else its own.
+    A pixel one mask claims takes its class and a pixel none claims is background (so pixels a
+    replaced class lost go to background). A pixel several claim keeps the class the method gave
+    it when that class is among them, else goes to the highest-scored claimant (the official
+    paint order, presence score ascending): SAM draws the shapes, and where two classes' masks
+    disagree the method's per-pixel label names the class. The official code paints every mask
+    in score order, so a matched SAM mask that spills onto a touching object of another class
+    takes it over whenever its class scores higher (on 40 toy design scenes this rule gave crf+sam
+    mIoU +0.004 (fast) / +0.000 (car) against the CRF alone, the official order -0.004 / +0.002,
+    unions painted over every other class -0.006 / -0.007).
     """
-    labels = result.labels.copy()
-    objects: list[SamObject] = []
     classes = [int(k) for k in np.unique(result.labels) if k > 0]
     classes.sort(key=lambda k: float(result.scores[k - 1]))
-    replaced = []
+    final: dict[int, np.ndarray] = {}
+    replaced: dict[int, np.ndarray] = {}
     for k in classes:
         class_mask = result.labels == k
         chosen, replace = match(sam_masks, class_mask, params)
+        final[k] = sam_masks[chosen].any(axis=0) if replace else class_mask
         if replace:
-            union = sam_masks[chosen].any(axis=0)
-            labels[class_mask & ~union] = 0
-            replaced.append((k, chosen, union))
-    for k, _, union in replaced:
-        labels[union] = k
-    for k, chosen, _ in replaced:
+            replaced[k] = chosen
+    labels = np.zeros_like(result.labels)
+    for k in classes:
+        labels[final[k]] = k
+    for k in classes:
+        labels[final[k] & (result.labels == k)] = k
+    objects: list[SamObject] = []
+    for k, chosen in replaced.items():
         owned = sam_masks[chosen] & (labels == k)
         objects += objects_of(owned, predicted_iou[chosen], k)
     return SegResult(labels, result.scores, result.probs, {**result.extras, "objects": objects})
