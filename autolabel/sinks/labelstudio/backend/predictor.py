@@ -2,8 +2,8 @@
 
 Two kinds of request reach `Predictor.predict`: pre-annotation (no context: every instance of
 the project's labels) and interactive labelling (a `context` with what the annotator clicked,
-boxed or typed: the one object it points at, as a brush region). Until a SAM refiner exists,
-interactive masks are the method's own instances: the connected instance under a click, the
+boxed or typed: the one object it points at, as a brush region). Interactive masks are the
+method's own instances (the backend runs no SAM stage): the connected instance under a click, the
 instances a box overlaps most (clipped to the box), every instance of a typed phrase.
 """
 
