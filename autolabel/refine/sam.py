@@ -149,19 +149,19 @@ def refine_with_sam(
     """
     classes = [int(k) for k in np.unique(result.labels) if k > 0]
     classes.sort(key=lambda k: float(result.scores[k - 1]))
+    own = {k: result.labels == k for k in classes}
     final: dict[int, np.ndarray] = {}
     replaced: dict[int, np.ndarray] = {}
     for k in classes:
-        class_mask = result.labels == k
-        chosen, replace = match(sam_masks, class_mask, params)
-        final[k] = sam_masks[chosen].any(axis=0) if replace else class_mask
+        chosen, replace = match(sam_masks, own[k], params)
+        final[k] = sam_masks[chosen].any(axis=0) if replace else own[k]
         if replace:
             replaced[k] = chosen
     labels = np.zeros_like(result.labels)
     for k in classes:
         labels[final[k]] = k
     for k in classes:
-        labels[final[k] & (result.labels == k)] = k
+        labels[final[k] & own[k]] = k
     objects: list[SamObject] = []
     for k, chosen in replaced.items():
         owned = sam_masks[chosen] & (labels == k)

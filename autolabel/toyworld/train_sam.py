@@ -212,7 +212,7 @@ def _fit(
     save it to out/ (model and processor); returns its final losses and time."""
     steps, prompts, lr, warmup, first_scene = stage
     start, cpu_start = time.time(), time.process_time()
-    processor = toy_sam_processor()
+    processor = toy_sam_processor(model.config.vision_config.patch_size)
     model.train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=settings.weight_decay)
 
@@ -280,7 +280,7 @@ def _fit(
     }
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    toy_sam_processor(model.config.vision_config.patch_size).save_pretrained(out)
+    processor.save_pretrained(out)
     return final
 
 
